@@ -1,0 +1,1 @@
+//! File events through inotify (notify crate). Being written.

@@ -1,0 +1,1 @@
+//! picket journal (being written).
