@@ -1,1 +1,188 @@
-fn main() {}
+//! `picket`: argument parsing and dispatch. Everything else lives in the modules below; the agent
+//! itself starts in [`runtime::run`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+mod commands;
+mod config;
+mod device;
+mod health;
+mod liveview;
+mod runtime;
+
+/// A small security agent: captures process, file, network and login events, decides and acts on
+/// the device, journals everything to SQLite, and syncs signed batches to a SOC.
+#[derive(Debug, Parser)]
+#[command(name = "picket", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent (with no --config: the embedded default, unprivileged, data in ./picket-data).
+    Run {
+        /// Config file (TOML); see `picket config default`.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Print the default config, or validate a config file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Validate policy files or run their test cases. [not in this build yet]
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Feed recorded input through the normalizers and policy engine; print NDJSON. [not in this build yet]
+    Replay {
+        #[arg(long, value_enum)]
+        format: ReplayFormat,
+        #[arg(long, value_name = "DIR")]
+        policies: Option<PathBuf>,
+        /// What to print: events, decisions (comma-separated).
+        #[arg(long, value_name = "LIST", default_value = "events,decisions")]
+        emit: String,
+        /// Input file, or - for standard input.
+        input: String,
+    },
+    /// Inspect the local journal.
+    #[command(subcommand)]
+    Journal(JournalCommand),
+    /// Print the device id and public key. [not in this build yet]
+    Identity {
+        #[command(flatten)]
+        loc: DataLocation,
+    },
+    /// Containment state: what is in force, and undo. [not in this build yet]
+    #[command(subcommand)]
+    Actions(ActionsCommand),
+    /// Health of a running agent: sources, drops, queue depths, journal size, backlog, last sync.
+    Status {
+        #[command(flatten)]
+        loc: DataLocation,
+    },
+    /// SOC side: subscribe, verify, dedup, write verified NDJSON. [not in this build yet]
+    Collect {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the embedded default config (every key, commented).
+    Default,
+    /// Validate a config file; every error with file, line and key; exit 2 on error.
+    Check { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate policy files; errors with file and line; exit 2 on error.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Run the test cases shipped beside policies.
+    Test {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum JournalCommand {
+    /// Event counts, size, sequence range, evictions and backlog.
+    Stats {
+        #[command(flatten)]
+        loc: DataLocation,
+    },
+    /// Print journaled events as NDJSON in sequence order.
+    Export {
+        #[command(flatten)]
+        loc: DataLocation,
+        /// Only events with a seq greater than N (pass the last seq you have to resume).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        since_seq: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ActionsCommand {
+    /// What containment is in force, and until when.
+    List {
+        #[command(flatten)]
+        loc: DataLocation,
+    },
+    /// Undo one action.
+    Revert {
+        id: String,
+        #[command(flatten)]
+        loc: DataLocation,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ReplayFormat {
+    Events,
+    AuthLog,
+    Pcap,
+}
+
+/// Where the agent's data lives: `--data-dir`, else `agent.data_dir` of `--config`, else the
+/// embedded default (`./picket-data`).
+#[derive(Debug, Clone, Args)]
+struct DataLocation {
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("picket: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => runtime::run(config.as_deref()),
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", config::DEFAULT_CONFIG);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Check { file }) => Ok(commands::config_check(&file)),
+        Command::Journal(JournalCommand::Stats { loc }) => commands::journal_stats(&loc.data_dir()?),
+        Command::Journal(JournalCommand::Export { loc, since_seq }) => {
+            commands::journal_export(&loc.data_dir()?, since_seq)
+        }
+        Command::Status { loc } => commands::status(&loc.data_dir()?),
+        Command::Policy(_) => Ok(commands::not_yet("policy", "the policy engine")),
+        Command::Replay { .. } => Ok(commands::not_yet("replay", "replay (needs the policy engine)")),
+        Command::Identity { .. } => Ok(commands::not_yet("identity", "device identity and signing")),
+        Command::Actions(_) => Ok(commands::not_yet("actions", "containment actions")),
+        Command::Collect { .. } => Ok(commands::not_yet("collect", "the SOC collector")),
+    }
+}
+
+impl DataLocation {
+    fn data_dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(d) = &self.data_dir {
+            return Ok(d.clone());
+        }
+        let settings = match &self.config {
+            Some(f) => config::load_file(f).map_err(|e| anyhow::anyhow!("{e}"))?,
+            None => config::default_settings(),
+        };
+        Ok(settings.agent.data_dir)
+    }
+}

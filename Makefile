@@ -1,0 +1,38 @@
+# picket — the two commands: `make run` and `make test`. See README.md.
+CARGO ?= cargo
+DATA  ?= ./picket-data
+
+.PHONY: run test deps fmt lint unit bench release clean
+
+## Build and run the agent on the embedded default config (unprivileged, data in ./picket-data,
+## file events from ./picket-data/watch). Ctrl-C stops it cleanly.
+run:
+	$(CARGO) build -p picket
+	mkdir -p $(DATA)/watch
+	@echo "picket: write files into $(DATA)/watch to see events; Ctrl-C to stop"
+	./target/debug/picket run
+
+## Install missing system packages, then formatting, lints and every test.
+test: deps fmt lint unit
+
+deps:
+	./scripts/test-deps.sh
+
+fmt:
+	$(CARGO) fmt --all --check
+
+lint:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+unit:
+	$(CARGO) test --workspace --locked
+
+## Criterion benchmarks (figures go to docs/BENCHMARKS.md by hand, with the command).
+bench:
+	$(CARGO) bench --workspace
+
+release:
+	$(CARGO) build --release -p picket
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,145 @@
+//! The one-shot commands: `config check`, `journal stats|export`, `status`, and the plain answer
+//! of commands whose capability is not in this build yet.
+
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use picket_event::Timestamp;
+use picket_journal::Journal;
+
+use crate::config;
+use crate::health::{self, StatusFile};
+
+/// Exit code for invalid input (config, policy): every error printed, nothing started.
+const EXIT_INVALID: u8 = 2;
+/// Exit code for a command whose capability is not in this build yet (sysexits EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
+
+pub fn config_check(file: &Path) -> ExitCode {
+    match config::load_file(file) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} error(s)", file.display(), errors.0.len());
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}
+
+pub fn not_yet(command: &str, capability: &str) -> ExitCode {
+    eprintln!("picket {command}: {capability} is not in this build of picket yet; nothing was done.");
+    ExitCode::from(EXIT_UNAVAILABLE)
+}
+
+fn open_journal(data_dir: &Path) -> anyhow::Result<Journal> {
+    let path = data_dir.join(config::JOURNAL_FILE);
+    Ok(Journal::open_read_only(&path)?)
+}
+
+pub fn journal_stats(data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let journal = open_journal(data_dir)?;
+    let s = journal.stats()?;
+    println!("journal:      {}", journal.path().display());
+    println!("events:       {}", s.events);
+    match s.first_seq {
+        Some(first) => println!("seq range:    {first}..={}", s.last_seq),
+        None => println!("seq range:    empty (last seq assigned: {})", s.last_seq),
+    }
+    println!(
+        "size:         {} of {} cap (on disk {})",
+        human_bytes(s.logical_bytes),
+        human_bytes(s.max_bytes),
+        human_bytes(s.file_bytes)
+    );
+    println!("evicted:      {} since creation", s.evicted_total);
+    println!("acked:        through seq {}", s.acked_seq);
+    println!("backlog:      {} events not yet acknowledged upstream", s.backlog);
+    println!("by kind:");
+    for (kind, n) in &s.by_kind {
+        println!("  {kind:<14} {n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn journal_export(data_dir: &Path, since_seq: u64) -> anyhow::Result<ExitCode> {
+    let journal = open_journal(data_dir)?;
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let result = journal.export(since_seq, |line| {
+        out.write_all(line.as_bytes())?;
+        out.write_all(b"\n")
+    });
+    match result.map_err(anyhow::Error::from).and_then(|n| out.flush().map(|()| n).map_err(Into::into)) {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        // `picket journal export | head` is fine.
+        Err(e) if e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) => {
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub fn status(data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let st = StatusFile::read(data_dir).context("picket status")?;
+    let h = &st.health;
+    let age_secs = (Timestamp::now().unix_nanos() - st.written_at.unix_nanos()) / 1_000_000_000;
+    let alive = st.state == "running" && health::pid_alive(h.pid);
+    let state = match (st.state.as_str(), alive) {
+        ("running", true) if age_secs > 3 * i64::try_from(st.health_interval_secs).unwrap_or(i64::MAX) + 5 => {
+            format!("running (pid {}), but the last health report is {age_secs} s old: stuck?", h.pid)
+        }
+        ("running", true) => format!("running (pid {})", h.pid),
+        ("running", false) => format!("not running: pid {} is gone without a clean stop (crashed or killed)", h.pid),
+        (other, _) => format!("not running ({other})"),
+    };
+    println!("picket {}  device {}  mode {}", st.version, st.device_id, st.mode);
+    println!("state:        {state}");
+    println!("started:      {}", st.started_at);
+    println!("last report:  {} ({age_secs} s ago)", st.written_at);
+    println!("memory:       {} resident, cpu {:.1} %", human_bytes(h.rss_bytes), h.cpu_percent);
+    println!(
+        "journal:      {} events, {} on disk, last seq {}, {} evicted",
+        h.journal_events,
+        human_bytes(h.journal_bytes),
+        h.journal_last_seq,
+        h.journal_evicted
+    );
+    println!(
+        "backlog:      {} events; last sync {}",
+        h.backlog,
+        h.last_sync.map_or("never (uplink not in this build yet)".into(), |t| t.to_string())
+    );
+    println!("sources:");
+    for (name, s) in &h.sources {
+        println!("  {name:<10} {s}");
+    }
+    println!("queues:");
+    for (name, d) in &h.queue_depths {
+        println!("  {name:<10} {d} waiting");
+    }
+    if h.drops.is_empty() {
+        println!("drops:        none");
+    } else {
+        println!("drops:");
+        for (reason, n) in &h.drops {
+            println!("  {reason:<24} {n}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = u32::try_from(n).map_or(n as f64, f64::from);
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+}

@@ -1,0 +1,381 @@
+//! The running agent: wires sources, the pipeline stage, the journal writer, health and the live
+//! view together with bounded queues, and shuts them down in order.
+//!
+//! ```text
+//! sources ──(SOURCE_QUEUE)──> pipeline ──(JOURNAL_QUEUE)──> journal thread ──(LIVE_QUEUE)──> live view
+//!   drop + count when full     host.id, (policy)   waits       group commit      drop + count
+//! health ──────────────────────────────────────────> journal (agent.health) ; status.json
+//! ```
+//!
+//! Shutdown (SIGINT/SIGTERM): sources stop and drop their senders; the pipeline drains and ends;
+//! the journal thread commits what it holds and ends; the live view prints its last line; the
+//! status file says `stopped`. All within [`SHUTDOWN_DEADLINE`].
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use picket_capture::file::FileSource;
+use picket_capture::{Drops, EventTx, Shutdown, SourceStatus, shutdown_pair};
+use picket_event::{Event, EventKind, Health, Timestamp, severity};
+use picket_journal::{Journal, JournalOptions, JournalStats};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{self, Settings};
+use crate::health::{ProcSampler, StatusFile};
+use crate::{device, liveview};
+
+/// Events from all sources waiting for the pipeline. Sources never wait: when this is full the
+/// event is dropped and counted (`<source>.queue_full`). 4096 × ~1 KiB worst case stays well
+/// inside the 16 MB memory budget and absorbs bursts of several seconds at 1,000 events/s.
+pub const SOURCE_QUEUE: usize = 4096;
+/// Events waiting for the journal writer. The pipeline waits here (the journal is the source of
+/// truth, so nothing after the source queues is dropped); backpressure reaches the sources.
+pub const JOURNAL_QUEUE: usize = 2048;
+/// The most events committed in one transaction.
+pub const JOURNAL_BATCH_MAX: usize = 1024;
+/// Journaled events waiting to be shown by the live view; the view skips (and says so) when full.
+pub const LIVE_QUEUE: usize = 1024;
+/// SIGTERM to exit.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Counters the journal thread updates and the live view and health read.
+#[derive(Debug, Default)]
+pub struct JournalCounters {
+    pub journaled: AtomicU64,
+    pub last_seq: AtomicU64,
+    pub write_errors: AtomicU64,
+}
+
+enum JournalCmd {
+    Append(Box<Event>),
+    Stats(oneshot::Sender<Result<JournalStats, String>>),
+}
+
+pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let settings = match config_path {
+        Some(p) => match config::load_file(p) {
+            Ok(s) => s,
+            Err(errors) => {
+                eprintln!("{errors}");
+                return Ok(ExitCode::from(2));
+            }
+        },
+        None => config::default_settings(),
+    };
+    let data_dir = &settings.agent.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let device_id = device::resolve(&settings.agent.device_id, data_dir)?;
+    let journal = Journal::open(
+        &settings.journal_path(),
+        JournalOptions { max_bytes: settings.journal.max_bytes, host_id: device_id.clone() },
+    )?;
+    println!(
+        "picket {} running: device {device_id}, mode {}, data in {}, config {}",
+        env!("CARGO_PKG_VERSION"),
+        settings.agent.mode,
+        data_dir.display(),
+        config_path.map_or_else(|| "<embedded default>".into(), |p| p.display().to_string()),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(agent(settings, journal, device_id))
+}
+
+async fn agent(settings: Settings, journal: Journal, device_id: String) -> anyhow::Result<ExitCode> {
+    let started = Timestamp::now();
+    let drops = Drops::default();
+    let sources = SourceStatus::default();
+    let counters = Arc::new(JournalCounters::default());
+    counters.last_seq.store(journal.last_seq(), Ordering::Relaxed);
+    let (trigger, shutdown) = shutdown_pair();
+
+    let (source_tx, source_rx) = mpsc::channel::<Event>(SOURCE_QUEUE);
+    let (journal_tx, journal_rx) = mpsc::channel::<JournalCmd>(JOURNAL_QUEUE);
+    let (live_tx, live_rx) = mpsc::channel::<Event>(LIVE_QUEUE);
+
+    let journal_thread = {
+        let counters = counters.clone();
+        let drops = drops.clone();
+        thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || journal_writer(journal, journal_rx, live_tx, &counters, &drops))
+            .context("starting the journal thread")?
+    };
+
+    spawn_sources(&settings, &source_tx, &drops, &sources, &shutdown);
+    let source_depth = source_tx.downgrade();
+    drop(source_tx);
+
+    let pipeline = tokio::spawn(pipeline(source_rx, journal_tx.clone(), device_id.clone()));
+    let live = tokio::spawn(liveview::run(
+        live_rx,
+        settings.agent.status_interval,
+        counters.clone(),
+        drops.clone(),
+        sources.clone(),
+        source_depth.clone(),
+        shutdown.clone(),
+    ));
+    let health = tokio::spawn(health_loop(HealthCtx {
+        settings: settings.clone(),
+        device_id,
+        started,
+        journal_tx,
+        drops: drops.clone(),
+        sources: sources.clone(),
+        source_depth,
+        shutdown: shutdown.clone(),
+    }));
+
+    wait_for_signal().await;
+    let deadline = Instant::now() + SHUTDOWN_DEADLINE;
+    trigger.trigger();
+
+    let clean = tokio::time::timeout(SHUTDOWN_DEADLINE - Duration::from_millis(500), async {
+        let _ = pipeline.await;
+        let last_status = health.await.ok().flatten();
+        let _ = tokio::task::spawn_blocking(move || journal_thread.join()).await;
+        let _ = live.await;
+        last_status
+    })
+    .await;
+    match clean {
+        Ok(last_status) => {
+            if let Some(mut status) = last_status {
+                status.state = "stopped".into();
+                status.written_at = Timestamp::now();
+                status.health.journal_last_seq = counters.last_seq.load(Ordering::Relaxed);
+                if let Err(e) = status.write(&settings.agent.data_dir) {
+                    eprintln!("picket: warning: {e:#}");
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            println!(
+                "picket stopped: journal flushed through seq {} ({} ms to spare)",
+                counters.last_seq.load(Ordering::Relaxed),
+                left.as_millis()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(_) => {
+            eprintln!("picket: error: shutdown did not finish within {SHUTDOWN_DEADLINE:?}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn spawn_sources(
+    settings: &Settings,
+    tx: &mpsc::Sender<Event>,
+    drops: &Drops,
+    status: &SourceStatus,
+    shutdown: &Shutdown,
+) {
+    let s = &settings.sources;
+    if s.file.enabled {
+        let src = FileSource::new(s.file.paths.clone());
+        let out = EventTx::new(FileSource::NAME, tx.clone(), drops.clone());
+        let (status, shutdown) = (status.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = src.run(out, status.clone(), shutdown).await {
+                status.set(FileSource::NAME, format!("failed: {e}"));
+            }
+        });
+    } else {
+        status.set(FileSource::NAME, "disabled");
+    }
+    // Sources whose capture is not in this build yet: say so plainly, once, and go on.
+    for (name, enabled) in [("process", s.process.enabled), ("auth", s.auth.enabled), ("network", s.network.enabled)] {
+        status.set(name, if enabled { "unavailable: not in this build yet" } else { "disabled" });
+    }
+}
+
+/// Sources → journal. This is where normalization and the policy engine plug in.
+async fn pipeline(mut rx: mpsc::Receiver<Event>, journal: mpsc::Sender<JournalCmd>, device_id: String) {
+    while let Some(mut ev) = rx.recv().await {
+        ev.host.id.clone_from(&device_id);
+        if journal.send(JournalCmd::Append(Box::new(ev))).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Owns the journal. Takes whatever is queued (up to [`JOURNAL_BATCH_MAX`]) and commits it as one
+/// transaction: at low rates every event commits at once, under load commits grow (group commit).
+fn journal_writer(
+    mut journal: Journal,
+    mut rx: mpsc::Receiver<JournalCmd>,
+    live: mpsc::Sender<Event>,
+    counters: &JournalCounters,
+    drops: &Drops,
+) {
+    let mut batch: Vec<Event> = Vec::with_capacity(64);
+    while let Some(cmd) = rx.blocking_recv() {
+        let mut next = Some(cmd);
+        while let Some(cmd) = next.take() {
+            match cmd {
+                JournalCmd::Append(ev) => batch.push(*ev),
+                JournalCmd::Stats(reply) => {
+                    commit(&mut journal, &mut batch, &live, counters, drops);
+                    let _ = reply.send(journal.summary().map_err(|e| e.to_string()));
+                }
+            }
+            if batch.len() < JOURNAL_BATCH_MAX {
+                next = rx.try_recv().ok();
+            }
+        }
+        commit(&mut journal, &mut batch, &live, counters, drops);
+    }
+    commit(&mut journal, &mut batch, &live, counters, drops);
+}
+
+fn commit(
+    journal: &mut Journal,
+    batch: &mut Vec<Event>,
+    live: &mpsc::Sender<Event>,
+    counters: &JournalCounters,
+    drops: &Drops,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    // One retry: a transient failure (disk briefly full, a reader holding a lock) should not cost
+    // events. What still fails is counted as dropped and shown in health and status.
+    let mut result = journal.append(batch);
+    if result.is_err() {
+        thread::sleep(Duration::from_millis(50));
+        result = journal.append(batch);
+    }
+    match result {
+        Ok(appended) => {
+            let n = u64::try_from(batch.len() + appended.gaps.len()).unwrap_or(u64::MAX);
+            counters.journaled.fetch_add(n, Ordering::Relaxed);
+            counters.last_seq.store(journal.last_seq(), Ordering::Relaxed);
+            for ev in batch.drain(..).chain(appended.gaps) {
+                if ev.kind != EventKind::AgentHealth {
+                    liveview::offer(live, ev);
+                }
+            }
+        }
+        Err(e) => {
+            let n = counters.write_errors.fetch_add(1, Ordering::Relaxed);
+            if n < 10 || n.is_power_of_two() {
+                eprintln!("picket: error: journal write failed ({} events dropped): {e}", batch.len());
+            }
+            drops.add("journal", "write_failed", u64::try_from(batch.len()).unwrap_or(u64::MAX));
+            batch.clear();
+        }
+    }
+}
+
+struct HealthCtx {
+    settings: Settings,
+    device_id: String,
+    started: Timestamp,
+    journal_tx: mpsc::Sender<JournalCmd>,
+    drops: Drops,
+    sources: SourceStatus,
+    source_depth: mpsc::WeakSender<Event>,
+    shutdown: Shutdown,
+}
+
+/// Every `health_interval`: an `agent.health` event into the journal and a fresh status file.
+/// Returns the last status written, so shutdown can mark it `stopped`.
+async fn health_loop(mut ctx: HealthCtx) -> Option<StatusFile> {
+    let mut sampler = ProcSampler::new();
+    let mut tick = tokio::time::interval(ctx.settings.agent.health_interval);
+    let begun = Instant::now();
+    let mut last = None;
+    // The first tick fires at once; let the sources report their state first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = ctx.shutdown.wait() => return last,
+        }
+        let (reply_tx, reply_rx) = oneshot::channel();
+        if ctx.journal_tx.send(JournalCmd::Stats(reply_tx)).await.is_err() {
+            return last;
+        }
+        let stats = match reply_rx.await {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                eprintln!("picket: warning: journal stats: {e}");
+                None
+            }
+            Err(_) => return last,
+        };
+        let (rss, cpu) = sampler.sample();
+        let health = Health {
+            pid: std::process::id(),
+            uptime_secs: begun.elapsed().as_secs(),
+            rss_bytes: rss,
+            cpu_percent: cpu,
+            queue_depths: [
+                ("sources".to_string(), queue_depth(&ctx.source_depth)),
+                ("journal".to_string(), u64::try_from(JOURNAL_QUEUE - ctx.journal_tx.capacity()).unwrap_or(0)),
+            ]
+            .into(),
+            drops: ctx.drops.snapshot(),
+            sources: ctx.sources.snapshot(),
+            journal_bytes: stats.as_ref().map_or(0, |s| s.file_bytes),
+            journal_events: stats.as_ref().map_or(0, |s| s.events),
+            journal_last_seq: stats.as_ref().map_or(0, |s| s.last_seq),
+            backlog: stats.as_ref().map_or(0, |s| s.backlog),
+            journal_evicted: stats.as_ref().map_or(0, |s| s.evicted_total),
+            last_sync: None,
+        };
+        let mut ev = Event::new(EventKind::AgentHealth, Timestamp::now());
+        ev.host.id.clone_from(&ctx.device_id);
+        ev.event.severity = severity::INFO;
+        ev.event.dataset = Some("picket.agent".into());
+        ev.health = Some(health.clone());
+        if ctx.journal_tx.send(JournalCmd::Append(Box::new(ev))).await.is_err() {
+            return last;
+        }
+        let status = StatusFile {
+            version: env!("CARGO_PKG_VERSION").into(),
+            state: "running".into(),
+            started_at: ctx.started,
+            written_at: Timestamp::now(),
+            device_id: ctx.device_id.clone(),
+            mode: ctx.settings.agent.mode.to_string(),
+            health_interval_secs: ctx.settings.agent.health_interval.as_secs(),
+            health,
+        };
+        if let Err(e) = status.write(&ctx.settings.agent.data_dir) {
+            eprintln!("picket: warning: {e:#}");
+        }
+        last = Some(status);
+    }
+}
+
+/// Events waiting in a queue, seen through a weak sender (so holding it does not keep the queue
+/// open at shutdown).
+pub fn queue_depth(tx: &mpsc::WeakSender<Event>) -> u64 {
+    tx.upgrade().map_or(0, |tx| u64::try_from(tx.max_capacity() - tx.capacity()).unwrap_or(0))
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("picket: warning: cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,364 @@
+//! End-to-end tests of the `picket` binary: a real agent process, real inotify, a real SQLite
+//! journal in a temp dir, real signals. Nothing here needs root.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const PICKET: &str = env!("CARGO_BIN_EXE_picket");
+const WAIT: Duration = Duration::from_secs(20);
+
+fn picket(args: &[&str]) -> Output {
+    Command::new(PICKET).args(args).output().expect("run picket")
+}
+
+/// A test agent: its own data dir and watched dir, a config pointing at them.
+struct TestAgent {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    lines: Option<mpsc::Receiver<String>>,
+    seen: Vec<String>,
+}
+
+impl TestAgent {
+    fn new(extra_config: &str) -> TestAgent {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("watch")).unwrap();
+        let config = format!(
+            "[agent]\ndata_dir = \"{d}/data\"\nhealth_interval_secs = 1\nstatus_interval_secs = 1\n\
+             [sources.file]\npaths = [\"{d}/watch\"]\n\
+             [sources.auth]\nenabled = false\n\
+             [sources.process]\nenabled = false\n{extra_config}",
+            d = dir.path().display()
+        );
+        std::fs::write(dir.path().join("picket.toml"), config).unwrap();
+        TestAgent { dir, child: None, lines: None, seen: Vec::new() }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("picket.toml")
+    }
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+    fn watch(&self) -> PathBuf {
+        self.dir.path().join("watch")
+    }
+
+    fn start(&mut self) {
+        let mut child = Command::new(PICKET)
+            .args(["run", "--config", self.config().to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start picket run");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                println!("agent| {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        self.child = Some(child);
+        self.lines = Some(rx);
+        self.seen.clear();
+        self.wait_line(|l| l.contains("source file: running"));
+    }
+
+    /// Wait until the live view prints a line matching `pred`; panics with what it saw otherwise.
+    fn wait_line(&mut self, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        if let Some(l) = self.seen.iter().find(|l| pred(l)) {
+            return l.clone();
+        }
+        let rx = self.lines.as_ref().unwrap();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if pred(&l) {
+                        return l;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("no matching line within {WAIT:?}; saw:\n{}", self.seen.join("\n"));
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    }
+
+    /// SIGTERM, then the exit status and how long it took.
+    fn stop(&mut self) -> (std::process::ExitStatus, Duration) {
+        self.signal("-TERM");
+        let t = Instant::now();
+        let mut child = self.child.take().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                // Drain the rest of the output so the last lines are visible in failures.
+                while let Ok(l) = self.lines.as_ref().unwrap().recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(l);
+                }
+                return (status, t.elapsed());
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "agent ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(&mut self) {
+        self.signal("-KILL");
+        self.child.take().unwrap().wait().unwrap();
+    }
+
+    /// Poll the journal (read-only, while the agent runs) until `pred` holds for some event.
+    fn wait_journal(&self, pred: impl Fn(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let events = self.export();
+            if events.iter().any(&pred) {
+                return events;
+            }
+            assert!(Instant::now() < deadline, "journal never had the event; it has:\n{events:#?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Wait until `picket status` reports this agent running; returns what it printed.
+    fn wait_status_running(&self) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let out = picket(&["status", "--data-dir", self.data_dir().to_str().unwrap()]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            if out.status.success() && text.contains("running (pid") {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "status never showed running: {text}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn export(&self) -> Vec<serde_json::Value> {
+        let out = picket(&["journal", "export", "--data-dir", self.data_dir().to_str().unwrap()]);
+        assert!(out.status.success(), "export failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line {l}: {e}")))
+            .collect()
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn file_events_for<'a>(events: &'a [serde_json::Value], path: &Path) -> Vec<&'a serde_json::Value> {
+    let p = path.to_str().unwrap();
+    events.iter().filter(|e| e["file"]["path"] == p).collect()
+}
+
+fn schema_validator() -> jsonschema::Validator {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/schema/event.schema.json");
+    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+#[test]
+fn file_written_in_watched_dir_shows_in_live_view_and_export_and_sigterm_exits_zero_fast() {
+    let mut agent = TestAgent::new("");
+    agent.start();
+    let f = agent.watch().join("hello.txt");
+    std::fs::write(&f, b"hi").unwrap();
+    agent.wait_line(|l| l.contains("file.create") && l.contains("hello.txt"));
+    agent.wait_line(|l| l.contains("── status:"));
+    // The health task writes status.json right after journaling an agent.health event.
+    agent.wait_status_running();
+
+    let (status, took) = agent.stop();
+    assert!(status.success(), "exit {status:?}");
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+
+    let events = agent.export();
+    let mine = file_events_for(&events, &f);
+    assert!(mine.iter().any(|e| e["kind"] == "file.create"), "no file.create for {f:?} in {events:#?}");
+    assert!(events.iter().any(|e| e["kind"] == "agent.health"), "no agent.health event");
+
+    // Every event the agent produced validates against the committed schema, and seqs are
+    // strictly increasing from 1.
+    let v = schema_validator();
+    let mut prev = 0;
+    for e in &events {
+        let errors: Vec<String> = v.iter_errors(e).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{e} does not match the schema: {errors:?}");
+        let seq = e["seq"].as_u64().unwrap();
+        assert!(seq > prev, "seq {seq} after {prev}");
+        prev = seq;
+    }
+    assert_eq!(events[0]["seq"], 1);
+    let host = events[0]["host"]["id"].as_str().unwrap();
+    assert!(!host.is_empty() && events.iter().all(|e| e["host"]["id"] == host));
+}
+
+#[test]
+fn kill_9_then_restart_loses_no_committed_event_and_seq_carries_on() {
+    let mut agent = TestAgent::new("");
+    agent.start();
+    for i in 0..20 {
+        std::fs::write(agent.watch().join(format!("before-{i}")), b"x").unwrap();
+    }
+    // What a reader sees in the journal is committed.
+    let committed = agent.wait_journal(|e| e["file"]["path"].as_str().is_some_and(|p| p.ends_with("before-19")));
+    assert!(committed.len() >= 20);
+    agent.kill9();
+
+    agent.start();
+    for i in 0..5 {
+        std::fs::write(agent.watch().join(format!("after-{i}")), b"x").unwrap();
+    }
+    agent.wait_journal(|e| e["file"]["path"].as_str().is_some_and(|p| p.ends_with("after-4")));
+    let (status, _) = agent.stop();
+    assert!(status.success());
+
+    let all = agent.export();
+    // Every committed event is still there, byte-identical, in place.
+    for c in &committed {
+        let seq = c["seq"].as_u64().unwrap();
+        let now = all.iter().find(|e| e["seq"] == seq).unwrap_or_else(|| panic!("seq {seq} lost"));
+        assert_eq!(now, c);
+    }
+    let seqs: Vec<u64> = all.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq not strictly increasing: {seqs:?}");
+    let last_before = committed.last().unwrap()["seq"].as_u64().unwrap();
+    let after = all.iter().find(|e| e["file"]["path"].as_str().is_some_and(|p| p.ends_with("after-0"))).unwrap();
+    assert!(after["seq"].as_u64().unwrap() > last_before);
+}
+
+#[test]
+fn corrupt_journal_is_refused_with_its_name_and_left_byte_for_byte() {
+    let agent = TestAgent::new("");
+    std::fs::create_dir_all(agent.data_dir()).unwrap();
+    let journal = agent.data_dir().join("journal.db");
+    let garbage: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0]).collect();
+    std::fs::write(&journal, &garbage).unwrap();
+
+    let run = Command::new(PICKET)
+        .args(["run", "--config", agent.config().to_str().unwrap()])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains(journal.to_str().unwrap()), "error does not name the file: {err}");
+
+    let stats = picket(&["journal", "stats", "--data-dir", agent.data_dir().to_str().unwrap()]);
+    assert!(!stats.status.success());
+    assert!(String::from_utf8_lossy(&stats.stderr).contains("journal.db"));
+
+    assert_eq!(std::fs::read(&journal).unwrap(), garbage, "the corrupt journal was modified");
+    let names: Vec<_> = std::fs::read_dir(agent.data_dir()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(names.iter().all(|n| n != "journal.db-wal"), "left a WAL beside a corrupt journal: {names:?}");
+}
+
+#[test]
+fn status_shows_a_running_agent_and_then_that_it_stopped() {
+    let mut agent = TestAgent::new("");
+    agent.start();
+    let data = agent.data_dir();
+    let shown = agent.wait_status_running();
+    assert!(shown.contains("file       running"), "{shown}");
+    assert!(shown.contains("process    disabled"), "{shown}");
+    assert!(shown.contains("journal:"), "{shown}");
+
+    let (status, _) = agent.stop();
+    assert!(status.success());
+    let out = picket(&["status", "--data-dir", data.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("not running (stopped)"), "{text}");
+}
+
+#[test]
+fn a_missing_watched_path_is_reported_and_the_agent_keeps_running() {
+    let mut agent = TestAgent::new("");
+    std::fs::remove_dir(agent.watch()).unwrap();
+    let mut child = Command::new(PICKET)
+        .args(["run", "--config", agent.config().to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    agent.child = Some(child);
+    agent.lines = Some(rx);
+    let l = agent.wait_line(|l| l.contains("source file:"));
+    assert!(l.contains("unavailable") && l.contains("does not exist"), "{l}");
+    agent.wait_line(|l| l.contains("── status:"));
+    let (status, _) = agent.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn config_check_names_every_mistake_with_line_and_exits_2() {
+    let broken = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/config/broken.toml");
+    let out = picket(&["config", "check", broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with(broken.to_str().unwrap())).collect();
+    assert!(lines.len() >= 5, "expected every mistake reported, got:\n{err}");
+    for needle in ["agent.mode", "sources.fiel", "journal.max_bytes", "containment.protected_cidrs", "agent.colour"] {
+        assert!(err.contains(needle), "{needle} not reported:\n{err}");
+    }
+}
+
+#[test]
+fn default_config_prints_and_passes_its_own_check() {
+    let out = picket(&["config", "default"]);
+    assert!(out.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("default.toml");
+    std::fs::write(&f, &out.stdout).unwrap();
+    let check = picket(&["config", "check", f.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for key in ["data_dir", "mode", "device_id", "protected_cidrs", "topic_prefix", "max_bytes"] {
+        assert!(text.contains(key), "default config lacks {key}");
+    }
+}
+
+#[test]
+fn every_contract_command_is_listed_and_unbuilt_ones_say_so_plainly() {
+    let help = String::from_utf8(picket(&["--help"]).stdout).unwrap();
+    for cmd in ["run", "config", "policy", "replay", "journal", "identity", "actions", "status", "collect"] {
+        assert!(help.contains(&format!("  {cmd} ")), "--help lacks {cmd}:\n{help}");
+    }
+    for args in [
+        vec!["policy", "check", "policies"],
+        vec!["replay", "--format", "auth-log", "-"],
+        vec!["identity"],
+        vec!["actions", "list"],
+        vec!["collect", "--config", "x.toml"],
+    ] {
+        let out = picket(&args);
+        assert_eq!(out.status.code(), Some(69), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not in this build"), "{args:?}");
+    }
+}

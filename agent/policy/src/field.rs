@@ -1,0 +1,356 @@
+//! Field paths, compiled to accessors, and which event kinds carry which fields.
+//!
+//! A rule names fields by their ECS dotted path (`source.ip`). At load the path becomes a
+//! [`Field`]: reading it from an event is a `match` on the enum, never a string lookup. Each field
+//! belongs to a [`Group`] (the ECS object it lives in, or a part of one that only some kinds fill),
+//! and [`carries`] says which kinds can have that group at all, so a rule that reads `file.path`
+//! on `auth.failure` is refused at load instead of silently never matching.
+
+use std::fmt::Write as _;
+
+use picket_event::{Event, EventKind};
+
+/// What a field holds, which decides the operators it accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Type {
+    /// Text.
+    Str,
+    /// An integer (pid, port, severity, size, ...).
+    Num,
+    /// An IP address as text: string operators plus `cidr`.
+    Ip,
+    /// A list of text (`process.args`): an operator holds if it holds for any element.
+    StrList,
+    /// A list of IP addresses (`dns.resolved_ip`).
+    IpList,
+}
+
+impl Type {
+    pub fn name(self) -> &'static str {
+        match self {
+            Type::Str => "text",
+            Type::Num => "a number",
+            Type::Ip => "an IP address",
+            Type::StrList => "a list of text",
+            Type::IpList => "a list of IP addresses",
+        }
+    }
+
+    pub fn is_textual(self) -> bool {
+        !matches!(self, Type::Num)
+    }
+
+    pub fn is_ip(self) -> bool {
+        matches!(self, Type::Ip | Type::IpList)
+    }
+}
+
+/// The part of an event a field lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    /// On every event: `message`, `host.id`, `event.*`.
+    Base,
+    Process,
+    /// `process.exit_code`: only `process.exit`.
+    ProcessExit,
+    File,
+    /// `file.target_path`: only `file.rename`.
+    FileRename,
+    Source,
+    Destination,
+    Dns,
+    User,
+    Rule,
+}
+
+/// Whether events of `kind` can ever carry fields of `group`.
+pub fn carries(kind: EventKind, group: Group) -> bool {
+    use EventKind as K;
+    use Group as G;
+    match group {
+        G::Base => true,
+        G::Process => matches!(
+            kind,
+            K::ProcessStart
+                | K::ProcessExit
+                | K::FileCreate
+                | K::FileModify
+                | K::FileDelete
+                | K::FileRename
+                | K::FileAttrib
+                | K::NetFlow
+                | K::NetDns
+                | K::AuthFailure
+                | K::AuthSuccess
+                | K::Alert
+                | K::Action
+        ),
+        G::ProcessExit => matches!(kind, K::ProcessExit | K::Alert | K::Action),
+        G::File => matches!(
+            kind,
+            K::FileCreate | K::FileModify | K::FileDelete | K::FileRename | K::FileAttrib | K::Alert | K::Action
+        ),
+        G::FileRename => matches!(kind, K::FileRename | K::Alert | K::Action),
+        G::Source => matches!(kind, K::NetFlow | K::NetDns | K::AuthFailure | K::AuthSuccess | K::Alert | K::Action),
+        G::Destination => matches!(kind, K::NetFlow | K::NetDns | K::Alert | K::Action),
+        G::Dns => matches!(kind, K::NetDns | K::Alert),
+        G::User => matches!(
+            kind,
+            K::ProcessStart
+                | K::ProcessExit
+                | K::FileCreate
+                | K::FileModify
+                | K::FileDelete
+                | K::FileRename
+                | K::FileAttrib
+                | K::NetFlow
+                | K::AuthFailure
+                | K::AuthSuccess
+                | K::Alert
+                | K::Action
+        ),
+        G::Rule => matches!(kind, K::Alert | K::Action),
+    }
+}
+
+macro_rules! fields {
+    ($($variant:ident = $path:literal : $ty:ident in $group:ident;)*) => {
+        /// A field a rule can read, by its ECS path.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Field { $($variant,)* }
+
+        /// Every field: path, accessor, type, group.
+        pub const FIELDS: &[(&str, Field, Type, Group)] = &[
+            $(($path, Field::$variant, Type::$ty, Group::$group),)*
+        ];
+    };
+}
+
+fields! {
+    Message = "message": Str in Base;
+    HostId = "host.id": Str in Base;
+    EventSeverity = "event.severity": Num in Base;
+    EventDataset = "event.dataset": Str in Base;
+    EventModule = "event.module": Str in Base;
+    ProcessPid = "process.pid": Num in Process;
+    ProcessName = "process.name": Str in Process;
+    ProcessExecutable = "process.executable": Str in Process;
+    ProcessArgs = "process.args": StrList in Process;
+    ProcessCommandLine = "process.command_line": Str in Process;
+    ProcessWorkingDirectory = "process.working_directory": Str in Process;
+    ProcessEntityId = "process.entity_id": Str in Process;
+    ProcessExitCode = "process.exit_code": Num in ProcessExit;
+    ProcessParentPid = "process.parent.pid": Num in Process;
+    ProcessParentName = "process.parent.name": Str in Process;
+    ProcessParentExecutable = "process.parent.executable": Str in Process;
+    ProcessParentCommandLine = "process.parent.command_line": Str in Process;
+    FilePath = "file.path": Str in File;
+    FileTargetPath = "file.target_path": Str in FileRename;
+    FileType = "file.type": Str in File;
+    FileSize = "file.size": Num in File;
+    FileInode = "file.inode": Num in File;
+    FileMode = "file.mode": Str in File;
+    FileUid = "file.uid": Num in File;
+    FileGid = "file.gid": Num in File;
+    FileHashSha256 = "file.hash.sha256": Str in File;
+    SourceIp = "source.ip": Ip in Source;
+    SourcePort = "source.port": Num in Source;
+    SourceBytes = "source.bytes": Num in Source;
+    SourcePackets = "source.packets": Num in Source;
+    DestinationIp = "destination.ip": Ip in Destination;
+    DestinationPort = "destination.port": Num in Destination;
+    DestinationBytes = "destination.bytes": Num in Destination;
+    DestinationPackets = "destination.packets": Num in Destination;
+    DnsQuestionName = "dns.question.name": Str in Dns;
+    DnsQuestionType = "dns.question.type": Str in Dns;
+    DnsResponseCode = "dns.response_code": Str in Dns;
+    DnsResolvedIp = "dns.resolved_ip": IpList in Dns;
+    UserName = "user.name": Str in User;
+    UserId = "user.id": Str in User;
+    RuleId = "rule.id": Str in Rule;
+    RuleName = "rule.name": Str in Rule;
+    RuleDescription = "rule.description": Str in Rule;
+}
+
+/// A field's value in one event, borrowed: reading allocates nothing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Val<'a> {
+    Missing,
+    Str(&'a str),
+    Num(i64),
+    List(&'a [String]),
+}
+
+fn num<T: TryInto<i64>>(v: Option<T>) -> Val<'static> {
+    match v {
+        Some(n) => Val::Num(n.try_into().unwrap_or(i64::MAX)),
+        None => Val::Missing,
+    }
+}
+
+fn text(v: Option<&String>) -> Val<'_> {
+    v.map_or(Val::Missing, |s| Val::Str(s))
+}
+
+impl Field {
+    /// Look a path up. `None` if no such field exists.
+    pub fn parse(path: &str) -> Option<(Field, Type, Group)> {
+        FIELDS.iter().find(|(p, ..)| *p == path).map(|&(_, f, t, g)| (f, t, g))
+    }
+
+    pub fn path(self) -> &'static str {
+        FIELDS.iter().find(|(_, f, ..)| *f == self).map_or("?", |(p, ..)| p)
+    }
+
+    pub fn ty(self) -> Type {
+        FIELDS.iter().find(|(_, f, ..)| *f == self).map_or(Type::Str, |&(_, _, t, _)| t)
+    }
+
+    pub fn group(self) -> Group {
+        FIELDS.iter().find(|(_, f, ..)| *f == self).map_or(Group::Base, |&(_, _, _, g)| g)
+    }
+
+    /// Read this field from an event.
+    #[inline]
+    pub fn get(self, ev: &Event) -> Val<'_> {
+        use Field as F;
+        let p = ev.process.as_ref();
+        let pp = p.and_then(|p| p.parent.as_ref());
+        let f = ev.file.as_ref();
+        let s = ev.source.as_ref();
+        let d = ev.destination.as_ref();
+        let dns = ev.dns.as_ref();
+        let u = ev.user.as_ref();
+        let r = ev.rule.as_ref();
+        match self {
+            F::Message => text(ev.message.as_ref()),
+            F::HostId => Val::Str(&ev.host.id),
+            F::EventSeverity => Val::Num(i64::from(ev.event.severity)),
+            F::EventDataset => text(ev.event.dataset.as_ref()),
+            F::EventModule => text(ev.event.module.as_ref()),
+            F::ProcessPid => num(p.and_then(|p| p.pid)),
+            F::ProcessName => text(p.and_then(|p| p.name.as_ref())),
+            F::ProcessExecutable => text(p.and_then(|p| p.executable.as_ref())),
+            F::ProcessArgs => p.and_then(|p| p.args.as_deref()).map_or(Val::Missing, Val::List),
+            F::ProcessCommandLine => text(p.and_then(|p| p.command_line.as_ref())),
+            F::ProcessWorkingDirectory => text(p.and_then(|p| p.working_directory.as_ref())),
+            F::ProcessEntityId => text(p.and_then(|p| p.entity_id.as_ref())),
+            F::ProcessExitCode => num(p.and_then(|p| p.exit_code)),
+            F::ProcessParentPid => num(pp.and_then(|p| p.pid)),
+            F::ProcessParentName => text(pp.and_then(|p| p.name.as_ref())),
+            F::ProcessParentExecutable => text(pp.and_then(|p| p.executable.as_ref())),
+            F::ProcessParentCommandLine => text(pp.and_then(|p| p.command_line.as_ref())),
+            F::FilePath => f.map_or(Val::Missing, |f| Val::Str(&f.path)),
+            F::FileTargetPath => text(f.and_then(|f| f.target_path.as_ref())),
+            F::FileType => text(f.and_then(|f| f.r#type.as_ref())),
+            F::FileSize => num(f.and_then(|f| f.size)),
+            F::FileInode => num(f.and_then(|f| f.inode)),
+            F::FileMode => text(f.and_then(|f| f.mode.as_ref())),
+            F::FileUid => num(f.and_then(|f| f.uid)),
+            F::FileGid => num(f.and_then(|f| f.gid)),
+            F::FileHashSha256 => f.and_then(|f| f.hash.as_ref()).map_or(Val::Missing, |h| Val::Str(&h.sha256)),
+            F::SourceIp => text(s.and_then(|s| s.ip.as_ref())),
+            F::SourcePort => num(s.and_then(|s| s.port)),
+            F::SourceBytes => num(s.and_then(|s| s.bytes)),
+            F::SourcePackets => num(s.and_then(|s| s.packets)),
+            F::DestinationIp => text(d.and_then(|d| d.ip.as_ref())),
+            F::DestinationPort => num(d.and_then(|d| d.port)),
+            F::DestinationBytes => num(d.and_then(|d| d.bytes)),
+            F::DestinationPackets => num(d.and_then(|d| d.packets)),
+            F::DnsQuestionName => dns.map_or(Val::Missing, |d| Val::Str(&d.question.name)),
+            F::DnsQuestionType => text(dns.and_then(|d| d.question.r#type.as_ref())),
+            F::DnsResponseCode => text(dns.and_then(|d| d.response_code.as_ref())),
+            F::DnsResolvedIp => dns.and_then(|d| d.resolved_ip.as_deref()).map_or(Val::Missing, Val::List),
+            F::UserName => text(u.and_then(|u| u.name.as_ref())),
+            F::UserId => text(u.and_then(|u| u.id.as_ref())),
+            F::RuleId => r.map_or(Val::Missing, |r| Val::Str(&r.id)),
+            F::RuleName => text(r.and_then(|r| r.name.as_ref())),
+            F::RuleDescription => text(r.and_then(|r| r.description.as_ref())),
+        }
+    }
+}
+
+impl Val<'_> {
+    /// Append this value to a group key. Returns false when missing.
+    pub fn write_key(self, out: &mut String) -> bool {
+        match self {
+            Val::Missing => false,
+            Val::Str(s) => {
+                out.push_str(s);
+                true
+            }
+            Val::Num(n) => {
+                let _ = write!(out, "{n}");
+                true
+            }
+            Val::List(items) => {
+                for (i, s) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(s);
+                }
+                true
+            }
+        }
+    }
+
+    /// The value as text, for action targets and alerts (allocates: only on the match path).
+    pub fn to_text(self) -> Option<String> {
+        let mut s = String::new();
+        self.write_key(&mut s).then_some(s)
+    }
+}
+
+/// Names of the fields a kind can carry, for error messages.
+pub fn fields_of(kind: EventKind) -> Vec<&'static str> {
+    FIELDS.iter().filter(|(_, _, _, g)| carries(kind, *g)).map(|(p, ..)| *p).collect()
+}
+
+/// The closest known path to a misspelt one, for "did you mean".
+pub fn suggest(path: &str) -> Option<&'static str> {
+    FIELDS
+        .iter()
+        .map(|(p, ..)| (*p, edit_distance(path, p)))
+        .filter(|(_, d)| *d <= 3)
+        .min_by_key(|(_, d)| *d)
+        .map(|(p, _)| p)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_parses_back_to_its_field() {
+        for &(path, f, t, g) in FIELDS {
+            assert_eq!(Field::parse(path), Some((f, t, g)));
+            assert_eq!(f.path(), path);
+        }
+        assert_eq!(Field::parse("process.nam"), None);
+        assert_eq!(suggest("process.nam"), Some("process.name"));
+    }
+
+    #[test]
+    fn auth_events_carry_user_source_process_but_not_file() {
+        assert!(carries(EventKind::AuthFailure, Group::Source));
+        assert!(carries(EventKind::AuthFailure, Group::User));
+        assert!(carries(EventKind::AuthFailure, Group::Process));
+        assert!(!carries(EventKind::AuthFailure, Group::File));
+        assert!(fields_of(EventKind::AuthSuccess).contains(&"source.ip"));
+    }
+}
