@@ -90,11 +90,15 @@ pub fn status(data_dir: &Path) -> anyhow::Result<ExitCode> {
     let age_secs = (Timestamp::now().unix_nanos() - st.written_at.unix_nanos()) / 1_000_000_000;
     let alive = st.state == "running" && health::pid_alive(h.pid);
     let state = match (st.state.as_str(), alive) {
-        ("running", true) if age_secs > 3 * i64::try_from(st.health_interval_secs).unwrap_or(i64::MAX) + 5 => {
+        ("running", true)
+            if age_secs > 3 * i64::try_from(st.status_interval_secs).unwrap_or(i64::MAX) + 5 =>
+        {
             format!("running (pid {}), but the last health report is {age_secs} s old: stuck?", h.pid)
         }
         ("running", true) => format!("running (pid {})", h.pid),
-        ("running", false) => format!("not running: pid {} is gone without a clean stop (crashed or killed)", h.pid),
+        ("running", false) => {
+            format!("not running: pid {} is gone without a clean stop (crashed or killed)", h.pid)
+        }
         (other, _) => format!("not running ({other})"),
     };
     println!("picket {}  device {}  mode {}", st.version, st.device_id, st.mode);

@@ -36,7 +36,11 @@ impl ProcSampler {
         let now = Instant::now();
         let secs = now.duration_since(self.last_at).as_secs_f64();
         let used = ticks.saturating_sub(self.last_ticks);
-        let cpu = if secs > 0.0 { (u32::try_from(used).unwrap_or(u32::MAX) as f64 / USER_HZ) / secs * 100.0 } else { 0.0 };
+        let cpu = if secs > 0.0 {
+            (u32::try_from(used).unwrap_or(u32::MAX) as f64 / USER_HZ) / secs * 100.0
+        } else {
+            0.0
+        };
         self.last_ticks = ticks;
         self.last_at = now;
         (rss, (cpu * 10.0).round() / 10.0)
@@ -70,7 +74,8 @@ pub struct StatusFile {
     pub written_at: Timestamp,
     pub device_id: String,
     pub mode: String,
-    pub health_interval_secs: u64,
+    /// How often the agent rewrites this file.
+    pub status_interval_secs: u64,
     pub health: Health,
 }
 

@@ -92,12 +92,8 @@ fn status_line(
     source_depth: &mpsc::WeakSender<Event>,
 ) -> String {
     let skipped = SKIPPED.swap(0, Ordering::Relaxed);
-    let running: Vec<String> = sources
-        .snapshot()
-        .into_iter()
-        .filter(|(_, s)| s.starts_with("running"))
-        .map(|(n, _)| n)
-        .collect();
+    let running: Vec<String> =
+        sources.snapshot().into_iter().filter(|(_, s)| s.starts_with("running")).map(|(n, _)| n).collect();
     let mut s = format!(
         "{}  ── status: {} events journaled, last seq {}, {} dropped, queue {}/{}, sources running: {}",
         clock(Timestamp::now()),
@@ -132,7 +128,10 @@ pub fn line(ev: &Event) -> String {
 
 fn subject(ev: &Event) -> String {
     if let Some(g) = &ev.gap {
-        return format!("{} events evicted from seq {}..={} ({})", g.count, g.first_seq, g.last_seq, g.reason);
+        return format!(
+            "{} events evicted from seq {}..={} ({})",
+            g.count, g.first_seq, g.last_seq, g.reason
+        );
     }
     if let Some(f) = &ev.file {
         return match &f.target_path {
@@ -143,10 +142,8 @@ fn subject(ev: &Event) -> String {
     if let Some(r) = &ev.rule {
         return r.id.clone();
     }
-    if let Some(p) = &ev.process {
-        if let Some(exe) = p.executable.as_ref().or(p.name.as_ref()) {
-            return exe.clone();
-        }
+    if let Some(exe) = ev.process.as_ref().and_then(|p| p.executable.as_ref().or(p.name.as_ref())) {
+        return exe.clone();
     }
     if let Some(ip) = ev.source.as_ref().and_then(|s| s.ip.as_ref()) {
         return ip.clone();

@@ -11,7 +11,7 @@
 //! the journal thread commits what it holds and ends; the live view prints its last line; the
 //! status file says `stopped`. All within [`SHUTDOWN_DEADLINE`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,8 +68,16 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         None => config::default_settings(),
     };
     let data_dir = &settings.agent.data_dir;
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    if config_path.is_none() {
+        // The embedded default watches ./picket-data/watch so a first `picket run` shows file
+        // events; make that directory instead of reporting it missing.
+        for p in &settings.sources.file.paths {
+            if p.starts_with(data_dir) {
+                std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+            }
+        }
+    }
     let device_id = device::resolve(&settings.agent.device_id, data_dir)?;
     let journal = Journal::open(
         &settings.journal_path(),
@@ -181,7 +189,9 @@ fn spawn_sources(
 ) {
     let s = &settings.sources;
     if s.file.enabled {
-        let src = FileSource::new(s.file.paths.clone());
+        // Events carry absolute, clean paths (`/srv/x`, not `./x` or `/srv/./x`), whatever the config said.
+        let paths = s.file.paths.iter().map(|p| absolute_clean(p)).collect();
+        let src = FileSource::new(paths);
         let out = EventTx::new(FileSource::NAME, tx.clone(), drops.clone());
         let (status, shutdown) = (status.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -193,9 +203,17 @@ fn spawn_sources(
         status.set(FileSource::NAME, "disabled");
     }
     // Sources whose capture is not in this build yet: say so plainly, once, and go on.
-    for (name, enabled) in [("process", s.process.enabled), ("auth", s.auth.enabled), ("network", s.network.enabled)] {
+    for (name, enabled) in
+        [("process", s.process.enabled), ("auth", s.auth.enabled), ("network", s.network.enabled)]
+    {
         status.set(name, if enabled { "unavailable: not in this build yet" } else { "disabled" });
     }
+}
+
+/// `p` made absolute against the working directory, with `.` components removed. `..` is kept:
+/// resolving it lexically could point somewhere else than the kernel would through a symlink.
+fn absolute_clean(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).components().collect()
 }
 
 /// Sources → journal. This is where normalization and the policy engine plug in.
@@ -287,13 +305,15 @@ struct HealthCtx {
     shutdown: Shutdown,
 }
 
-/// Every `health_interval`: an `agent.health` event into the journal and a fresh status file.
-/// Returns the last status written, so shutdown can mark it `stopped`.
+/// Every `status_interval`: a fresh status file for `picket status`; every `health_interval`
+/// also an `agent.health` event into the journal. Returns the last status written, so shutdown can
+/// mark it `stopped`.
 async fn health_loop(mut ctx: HealthCtx) -> Option<StatusFile> {
     let mut sampler = ProcSampler::new();
-    let mut tick = tokio::time::interval(ctx.settings.agent.health_interval);
+    let mut tick = tokio::time::interval(ctx.settings.agent.status_interval);
     let begun = Instant::now();
     let mut last = None;
+    let mut last_health_event: Option<Instant> = None;
     // The first tick fires at once; let the sources report their state first.
     tokio::time::sleep(Duration::from_millis(200)).await;
     loop {
@@ -321,7 +341,10 @@ async fn health_loop(mut ctx: HealthCtx) -> Option<StatusFile> {
             cpu_percent: cpu,
             queue_depths: [
                 ("sources".to_string(), queue_depth(&ctx.source_depth)),
-                ("journal".to_string(), u64::try_from(JOURNAL_QUEUE - ctx.journal_tx.capacity()).unwrap_or(0)),
+                (
+                    "journal".to_string(),
+                    u64::try_from(JOURNAL_QUEUE - ctx.journal_tx.capacity()).unwrap_or(0),
+                ),
             ]
             .into(),
             drops: ctx.drops.snapshot(),
@@ -333,13 +356,18 @@ async fn health_loop(mut ctx: HealthCtx) -> Option<StatusFile> {
             journal_evicted: stats.as_ref().map_or(0, |s| s.evicted_total),
             last_sync: None,
         };
-        let mut ev = Event::new(EventKind::AgentHealth, Timestamp::now());
-        ev.host.id.clone_from(&ctx.device_id);
-        ev.event.severity = severity::INFO;
-        ev.event.dataset = Some("picket.agent".into());
-        ev.health = Some(health.clone());
-        if ctx.journal_tx.send(JournalCmd::Append(Box::new(ev))).await.is_err() {
-            return last;
+        if last_health_event
+            .is_none_or(|t| t.elapsed() + Duration::from_millis(100) >= ctx.settings.agent.health_interval)
+        {
+            last_health_event = Some(Instant::now());
+            let mut ev = Event::new(EventKind::AgentHealth, Timestamp::now());
+            ev.host.id.clone_from(&ctx.device_id);
+            ev.event.severity = severity::INFO;
+            ev.event.dataset = Some("picket.agent".into());
+            ev.health = Some(health.clone());
+            if ctx.journal_tx.send(JournalCmd::Append(Box::new(ev))).await.is_err() {
+                return last;
+            }
         }
         let status = StatusFile {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -348,7 +376,7 @@ async fn health_loop(mut ctx: HealthCtx) -> Option<StatusFile> {
             written_at: Timestamp::now(),
             device_id: ctx.device_id.clone(),
             mode: ctx.settings.agent.mode.to_string(),
-            health_interval_secs: ctx.settings.agent.health_interval.as_secs(),
+            status_interval_secs: ctx.settings.agent.status_interval.as_secs(),
             health,
         };
         if let Err(e) = status.write(&ctx.settings.agent.data_dir) {

@@ -222,7 +222,8 @@ fn kill_9_then_restart_loses_no_committed_event_and_seq_carries_on() {
         std::fs::write(agent.watch().join(format!("before-{i}")), b"x").unwrap();
     }
     // What a reader sees in the journal is committed.
-    let committed = agent.wait_journal(|e| e["file"]["path"].as_str().is_some_and(|p| p.ends_with("before-19")));
+    let committed =
+        agent.wait_journal(|e| e["file"]["path"].as_str().is_some_and(|p| p.ends_with("before-19")));
     assert!(committed.len() >= 20);
     agent.kill9();
 
@@ -244,7 +245,8 @@ fn kill_9_then_restart_loses_no_committed_event_and_seq_carries_on() {
     let seqs: Vec<u64> = all.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq not strictly increasing: {seqs:?}");
     let last_before = committed.last().unwrap()["seq"].as_u64().unwrap();
-    let after = all.iter().find(|e| e["file"]["path"].as_str().is_some_and(|p| p.ends_with("after-0"))).unwrap();
+    let after =
+        all.iter().find(|e| e["file"]["path"].as_str().is_some_and(|p| p.ends_with("after-0"))).unwrap();
     assert!(after["seq"].as_u64().unwrap() > last_before);
 }
 
@@ -253,7 +255,8 @@ fn corrupt_journal_is_refused_with_its_name_and_left_byte_for_byte() {
     let agent = TestAgent::new("");
     std::fs::create_dir_all(agent.data_dir()).unwrap();
     let journal = agent.data_dir().join("journal.db");
-    let garbage: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0]).collect();
+    let garbage: Vec<u8> =
+        (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0]).collect();
     std::fs::write(&journal, &garbage).unwrap();
 
     let run = Command::new(PICKET)
@@ -270,7 +273,8 @@ fn corrupt_journal_is_refused_with_its_name_and_left_byte_for_byte() {
     assert!(String::from_utf8_lossy(&stats.stderr).contains("journal.db"));
 
     assert_eq!(std::fs::read(&journal).unwrap(), garbage, "the corrupt journal was modified");
-    let names: Vec<_> = std::fs::read_dir(agent.data_dir()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> =
+        std::fs::read_dir(agent.data_dir()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(names.iter().all(|n| n != "journal.db-wal"), "left a WAL beside a corrupt journal: {names:?}");
 }
 
@@ -324,7 +328,9 @@ fn config_check_names_every_mistake_with_line_and_exits_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with(broken.to_str().unwrap())).collect();
     assert!(lines.len() >= 5, "expected every mistake reported, got:\n{err}");
-    for needle in ["agent.mode", "sources.fiel", "journal.max_bytes", "containment.protected_cidrs", "agent.colour"] {
+    for needle in
+        ["agent.mode", "sources.fiel", "journal.max_bytes", "containment.protected_cidrs", "agent.colour"]
+    {
         assert!(err.contains(needle), "{needle} not reported:\n{err}");
     }
 }
