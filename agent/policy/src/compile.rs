@@ -2,7 +2,7 @@
 //! and action against the rule's event kinds, collect every error with its place, index the rules
 //! by event kind.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +11,9 @@ use picket_event::{EventKind, severity};
 use serde::Serialize;
 
 use crate::error::{PolicyError, PolicyErrors};
-use crate::expr::{self, Cond, Op};
+use crate::expr::{self, Cond};
 use crate::field::{Field, Type};
+use crate::index::KindIndex;
 use crate::yaml::{self, Node, NodeKind, Pos};
 
 /// Per-rule mode. A rule without one follows the agent's `mode` (`Decision::mode` is `None`).
@@ -129,34 +130,6 @@ fn kinds_of(mask: u32) -> Vec<EventKind> {
     EventKind::ALL.into_iter().filter(|k| mask & kind_bit(*k) != 0).collect()
 }
 
-/// For one event kind: which rules to evaluate. Rules whose `when` requires a text field to equal
-/// one of some values are found by one hash lookup of the event's value instead of being
-/// evaluated one by one: with 100 rules most events then touch only a handful.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct KindIndex {
-    /// Every rule for this kind, in load order.
-    pub rules: Box<[usize]>,
-    /// Bitset (over all rules) of the rules evaluated for every event of this kind.
-    pub always: Box<[u64]>,
-    /// Per indexed field: value → rules that can only match when the field has that value.
-    pub eq: Box<[(Field, HashMap<Box<str>, Box<[usize]>, foldhash::fast::RandomState>)]>,
-}
-
-/// A `when` conjunct `field == "x"` / `field in [...]` on a single-valued text field: the rule can
-/// only match events whose field holds one of those values.
-fn index_key(c: &Cond) -> Option<(Field, &[Box<str>])> {
-    fn test(c: &Cond) -> Option<(Field, &[Box<str>])> {
-        match c {
-            Cond::Test(f, Op::StrIn(values)) if matches!(f.ty(), Type::Str | Type::Ip) => Some((*f, &values[..])),
-            _ => None,
-        }
-    }
-    match c {
-        Cond::And(parts) => parts.iter().find_map(test),
-        c => test(c),
-    }
-}
-
 /// Compiled, immutable rules, indexed by [`EventKind`]. Build one with [`load_paths`] or
 /// [`load_str`]; share it as `Arc<PolicySet>`.
 #[derive(Clone, Debug, Default)]
@@ -171,43 +144,7 @@ pub struct PolicySet {
 impl PolicySet {
     fn build(rules: Vec<Rule>) -> PolicySet {
         let words = rules.len().div_ceil(64);
-        let by_kind = EventKind::ALL
-            .into_iter()
-            .map(|k| {
-                let mine: Vec<usize> =
-                    rules.iter().enumerate().filter(|(_, r)| r.kinds & kind_bit(k) != 0).map(|(i, _)| i).collect();
-                let mut always = vec![0u64; words];
-                let mut eq: Vec<(Field, HashMap<Box<str>, Vec<usize>, foldhash::fast::RandomState>)> = Vec::new();
-                for &i in &mine {
-                    match index_key(&rules[i].when) {
-                        Some((field, values)) => {
-                            let slot = match eq.iter().position(|(f, _)| *f == field) {
-                                Some(p) => p,
-                                None => {
-                                    eq.push((field, HashMap::default()));
-                                    eq.len() - 1
-                                }
-                            };
-                            for v in values {
-                                let list = eq[slot].1.entry(v.clone()).or_default();
-                                if list.last() != Some(&i) {
-                                    list.push(i);
-                                }
-                            }
-                        }
-                        None => always[i / 64] |= 1 << (i % 64),
-                    }
-                }
-                KindIndex {
-                    rules: mine.into_boxed_slice(),
-                    always: always.into_boxed_slice(),
-                    eq: eq
-                        .into_iter()
-                        .map(|(f, m)| (f, m.into_iter().map(|(k, v)| (k, v.into_boxed_slice())).collect()))
-                        .collect(),
-                }
-            })
-            .collect();
+        let by_kind = EventKind::ALL.into_iter().map(|k| KindIndex::build(&rules, k, words)).collect();
         PolicySet { rules, by_kind, words }
     }
 
@@ -281,7 +218,9 @@ pub(crate) fn collect_files(p: &Path, top: bool, files: &mut Vec<PathBuf>, error
     match std::fs::metadata(p) {
         Err(e) => errors.push(file_error(&p.display().to_string(), format!("cannot read: {e}"))),
         Ok(m) if m.is_dir() => match std::fs::read_dir(p) {
-            Err(e) => errors.push(file_error(&p.display().to_string(), format!("cannot read directory: {e}"))),
+            Err(e) => {
+                errors.push(file_error(&p.display().to_string(), format!("cannot read directory: {e}")))
+            }
             Ok(entries) => {
                 let mut children: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
                 children.sort();
@@ -324,11 +263,7 @@ fn finish(rules: Vec<Rule>, mut errors: Vec<PolicyError>) -> Result<PolicySet, P
             seen.insert(r.meta.id.clone(), r.meta.origin.clone());
         }
     }
-    if errors.is_empty() {
-        Ok(PolicySet::build(rules))
-    } else {
-        Err(PolicyErrors(errors))
-    }
+    if errors.is_empty() { Ok(PolicySet::build(rules)) } else { Err(PolicyErrors(errors)) }
 }
 
 fn split_origin(origin: &str) -> (String, u32) {
@@ -357,7 +292,12 @@ impl Ctx<'_> {
     }
 
     /// The entries of a mapping, checking for unknown and repeated keys.
-    pub fn map<'n>(&mut self, node: &'n Node, what: &str, allowed: &[&str]) -> Option<Vec<(&'n str, &'n Node)>> {
+    pub fn map<'n>(
+        &mut self,
+        node: &'n Node,
+        what: &str,
+        allowed: &[&str],
+    ) -> Option<Vec<(&'n str, &'n Node)>> {
         let NodeKind::Map(entries) = &node.kind else {
             self.err(node.pos, format!("{what} must be a mapping (key: value), found {}", node.what()));
             return None;
@@ -369,12 +309,13 @@ impl Ctx<'_> {
                 continue;
             };
             if !allowed.contains(&key) {
-                let hint = allowed
-                    .iter()
-                    .find(|a| a.starts_with(&key[..key.len().min(2)]))
+                let hint = crate::field::closest(key, allowed.iter().copied())
                     .map(|a| format!(" (did you mean `{a}`?)"))
                     .unwrap_or_default();
-                self.err(k.pos, format!("unknown key `{key}` in {what}{hint}; expected one of: {}", allowed.join(", ")));
+                self.err(
+                    k.pos,
+                    format!("unknown key `{key}` in {what}{hint}; expected one of: {}", allowed.join(", ")),
+                );
                 continue;
             }
             if out.iter().any(|(seen, _)| *seen == key) {
@@ -390,7 +331,13 @@ impl Ctx<'_> {
         match node.as_str() {
             Some(s) if !node.is_null() => Some(s),
             _ => {
-                self.err(node.pos, format!("{what} must be text, found {}", if node.is_null() { "nothing" } else { node.what() }));
+                self.err(
+                    node.pos,
+                    format!(
+                        "{what} must be text, found {}",
+                        if node.is_null() { "nothing" } else { node.what() }
+                    ),
+                );
                 None
             }
         }
@@ -496,7 +443,11 @@ impl Ctx<'_> {
         if !ok {
             return None;
         }
-        Some(if conds.len() == 1 { conds.pop().unwrap_or(Cond::True) } else { Cond::Or(conds.into_boxed_slice()) })
+        Some(if conds.len() == 1 {
+            conds.pop().unwrap_or(Cond::True)
+        } else {
+            Cond::Or(conds.into_boxed_slice())
+        })
     }
 
     pub fn kinds(&mut self, node: &Node) -> Option<u32> {
@@ -508,7 +459,10 @@ impl Ctx<'_> {
                 Some(k) => mask |= kind_bit(k),
                 None => {
                     let all: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
-                    self.err(n.pos, format!("unknown event kind `{name}`; expected one of: {}", all.join(", ")));
+                    self.err(
+                        n.pos,
+                        format!("unknown event kind `{name}`; expected one of: {}", all.join(", ")),
+                    );
                     ok = false;
                 }
             }
@@ -639,7 +593,10 @@ fn compile_rule(ctx: &mut Ctx<'_>, node: &Node) -> Option<Rule> {
             if valid_id(id) {
                 Some(id)
             } else {
-                ctx.err(n.pos, format!("`id` `{id}` must be lowercase letters, digits, `-`, `_`, `.` (at most 64)"));
+                ctx.err(
+                    n.pos,
+                    format!("`id` `{id}` must be lowercase letters, digits, `-`, `_`, `.` (at most 64)"),
+                );
                 None
             }
         }),
@@ -661,7 +618,10 @@ fn compile_rule(ctx: &mut Ctx<'_>, node: &Node) -> Option<Rule> {
             let list = ctx.strings(n, "`mitre`").unwrap_or_default();
             for (t, tn) in &list {
                 if !valid_technique(t) {
-                    ctx.err(tn.pos, format!("`{t}` is not a MITRE ATT&CK technique id like T1110 or T1110.001"));
+                    ctx.err(
+                        tn.pos,
+                        format!("`{t}` is not a MITRE ATT&CK technique id like T1110 or T1110.001"),
+                    );
                 }
             }
             list.into_iter().map(|(t, _)| t.to_string()).collect()
@@ -717,7 +677,10 @@ fn compile_rule(ctx: &mut Ctx<'_>, node: &Node) -> Option<Rule> {
     let sequence_node = get("sequence");
     let threshold_node = get("threshold");
     if let (Some(_), Some(t)) = (sequence_node, threshold_node) {
-        ctx.err(t.pos, "a rule has either `threshold` or `sequence`, not both (a sequence step can have a `count`)");
+        ctx.err(
+            t.pos,
+            "a rule has either `threshold` or `sequence`, not both (a sequence step can have a `count`)",
+        );
     }
     if get("on").is_none() && sequence_node.is_none() {
         ctx.err(node.pos, "a rule needs `on` (the event kinds it looks at)");
@@ -886,7 +849,11 @@ fn compile_sequence(ctx: &mut Ctx<'_>, node: &Node, rule_kinds: Option<u32>) -> 
         return None;
     }
     let last = steps.last().map_or(0, |s| s.kinds);
-    Some((Sequence { within: within?, by: by?.into_boxed_slice(), steps: steps.into_boxed_slice() }, union, last))
+    Some((
+        Sequence { within: within?, by: by?.into_boxed_slice(), steps: steps.into_boxed_slice() },
+        union,
+        last,
+    ))
 }
 
 const ACTIONS: &[&str] = &["block_ip", "kill", "deny_exec", "quarantine", "isolate_host", "lock_account"];
@@ -938,7 +905,9 @@ fn compile_action(ctx: &mut Ctx<'_>, item: &Node, kinds: u32) -> Option<ActionSp
     let (default_target, accepts): (&str, &[&str]) = match name {
         "block_ip" => ("source.ip", &["source.ip", "destination.ip"]),
         "kill" => ("process.pid", &["process.pid", "process.parent.pid"]),
-        "deny_exec" => ("process.executable", &["process.executable", "process.parent.executable", "file.path"]),
+        "deny_exec" => {
+            ("process.executable", &["process.executable", "process.parent.executable", "file.path"])
+        }
         "quarantine" => ("file.path", &["file.path", "file.target_path", "process.executable"]),
         "lock_account" => ("user.name", &["user.name"]),
         _ => ("", &[]),

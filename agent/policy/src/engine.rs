@@ -12,7 +12,9 @@ use hashlink::LinkedHashMap;
 use picket_event::{Event, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::compile::{ActionSpec, Logic, Mode, PolicySet, Rule, RuleMeta, Sequence, Threshold, kind_bit, kind_index};
+use crate::compile::{
+    ActionSpec, Logic, Mode, PolicySet, Rule, RuleMeta, Sequence, Threshold, kind_bit, kind_index,
+};
 use crate::field::{Field, Val};
 
 /// Bounds on window state. Defaults keep one stateful rule under a few MB in the worst case.
@@ -224,10 +226,16 @@ pub struct GroupSnapshot {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum GroupStateSnapshot {
-    Count { times: Vec<i64> },
-    Distinct { values: Vec<(String, i64)> },
+    Count {
+        times: Vec<i64>,
+    },
+    Distinct {
+        values: Vec<(String, i64)>,
+    },
     /// Per step, `(time, chain start)` pairs.
-    Sequence { steps: Vec<Vec<(i64, i64)>> },
+    Sequence {
+        steps: Vec<Vec<(i64, i64)>>,
+    },
 }
 
 const SNAPSHOT_VERSION: u32 = 1;
@@ -259,7 +267,14 @@ impl Engine {
             max_events_per_group: limits.max_events_per_group.max(1),
         };
         let bits = vec![0; set.words];
-        Engine { set, limits, states, key: String::with_capacity(256), value: String::with_capacity(256), bits }
+        Engine {
+            set,
+            limits,
+            states,
+            key: String::with_capacity(256),
+            value: String::with_capacity(256),
+            bits,
+        }
     }
 
     /// The rules in force.
@@ -280,7 +295,10 @@ impl Engine {
         let mut states = fresh_states(&self.set);
         for (new_rule, slot) in self.set.rules.iter().zip(states.iter_mut()) {
             let Some(shape) = new_rule.state_shape() else { continue };
-            let old = old_set.rules.iter().position(|r| r.meta.id == new_rule.meta.id && r.state_shape() == Some(shape.clone()));
+            let old = old_set
+                .rules
+                .iter()
+                .position(|r| r.meta.id == new_rule.meta.id && r.state_shape() == Some(shape.clone()));
             if let Some(i) = old
                 && let Some(st) = old_states[i].take()
             {
@@ -300,17 +318,8 @@ impl Engine {
         if ki.rules.is_empty() {
             return;
         }
-        // Candidates: the rules always evaluated, plus those the equality index selects.
-        self.bits.copy_from_slice(&ki.always);
-        for (field, map) in &ki.eq {
-            if let Val::Str(v) = field.get(ev)
-                && let Some(rules) = map.get(v)
-            {
-                for &r in rules {
-                    self.bits[r / 64] |= 1 << (r % 64);
-                }
-            }
-        }
+        // Candidates: the rules always evaluated, plus those the index selects.
+        ki.candidates(ev, &mut self.bits);
         // In rule order, so decisions come out in load order.
         for w in 0..self.bits.len() {
             let mut word = self.bits[w];
@@ -335,7 +344,8 @@ impl Engine {
             Logic::Each => out.push(decide(rule, ev, None, None, None)),
             Logic::Threshold(t) => {
                 if let Some(st) = self.states[ri].as_mut()
-                    && let Some((group, count, first)) = threshold(t, st, ev, self.limits, &mut self.key, &mut self.value)
+                    && let Some((group, count, first)) =
+                        threshold(t, st, ev, self.limits, &mut self.key, &mut self.value)
                 {
                     out.push(decide(rule, ev, group, Some(count), Some(first)));
                 }
@@ -371,8 +381,12 @@ impl Engine {
                 .map(|(key, g)| GroupSnapshot {
                     key: key.clone(),
                     state: match g {
-                        GroupState::Count(times) => GroupStateSnapshot::Count { times: times.iter().copied().collect() },
-                        GroupState::Distinct(values) => GroupStateSnapshot::Distinct { values: values.clone() },
+                        GroupState::Count(times) => {
+                            GroupStateSnapshot::Count { times: times.iter().copied().collect() }
+                        }
+                        GroupState::Distinct(values) => {
+                            GroupStateSnapshot::Distinct { values: values.clone() }
+                        }
                         GroupState::Sequence(steps) => GroupStateSnapshot::Sequence {
                             steps: steps.iter().map(|d| d.iter().map(|h| (h.t, h.start)).collect()).collect(),
                         },
@@ -399,12 +413,9 @@ impl Engine {
         }
         let limits = self.limits;
         for rs in s.rules {
-            let Some(i) = self
-                .set
-                .rules
-                .iter()
-                .position(|r| *r.meta.id == *rs.rule_id && r.state_shape().as_deref() == Some(rs.shape.as_str()))
-            else {
+            let Some(i) = self.set.rules.iter().position(|r| {
+                *r.meta.id == *rs.rule_id && r.state_shape().as_deref() == Some(rs.shape.as_str())
+            }) else {
                 continue;
             };
             let rule = &self.set.rules[i];
@@ -435,7 +446,11 @@ impl Engine {
                 })
             })
             .collect();
-        EngineStats { rules: self.set.rules.len(), state_entries: per_rule.iter().map(|r| r.groups).sum(), per_rule }
+        EngineStats {
+            rules: self.set.rules.len(),
+            state_entries: per_rule.iter().map(|r| r.groups).sum(),
+            per_rule,
+        }
     }
 }
 
@@ -714,10 +729,77 @@ fn resolve(a: &ActionSpec, ev: &Event) -> Result<ActionRequest, Unresolved> {
             _ => Err(fail("kill", target, "missing in the event".into())),
         },
         ActionSpec::DenyExec { target } => Ok(ActionRequest::DenyExec { path: text("deny_exec", target)? }),
-        ActionSpec::Quarantine { target } => Ok(ActionRequest::Quarantine { path: text("quarantine", target)? }),
+        ActionSpec::Quarantine { target } => {
+            Ok(ActionRequest::Quarantine { path: text("quarantine", target)? })
+        }
         ActionSpec::IsolateHost { ttl } => Ok(ActionRequest::IsolateHost { ttl }),
         ActionSpec::LockAccount { target, ttl } => {
             Ok(ActionRequest::LockAccount { user: text("lock_account", target)?, ttl })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use picket_event::{EventKind, File, Process};
+
+    use super::*;
+
+    impl Engine {
+        /// Evaluate every rule of the event's kind, bypassing the index.
+        fn evaluate_unindexed(&mut self, ev: &Event, out: &mut Vec<Decision>) {
+            let rules = self.set.by_kind[kind_index(ev.kind)].rules.clone();
+            for ri in rules.iter().copied() {
+                self.eval_rule(ri, ev, out);
+            }
+        }
+    }
+
+    #[test]
+    fn the_index_only_prunes_and_never_changes_a_decision() {
+        let rules = r#"
+- {id: eq, description: d, mitre: T1059, on: process.start, severity: low, when: 'process.name == "nc"'}
+- {id: in, description: d, mitre: T1059, on: process.start, severity: low, when: 'process.name in ["sh", "nc", "x"] and user.name != "root"'}
+- {id: pre, description: d, mitre: T1059, on: [process.start, file.create], severity: low, when: 'process.executable startswith ["/tmp/", "/t"]'}
+- {id: pre2, description: d, mitre: T1059, on: process.start, severity: low, when: 'process.executable startswith "/tmp/a/" or process.name == "x"'}
+- {id: re, description: d, mitre: T1059, on: process.start, severity: low, when: 'process.executable matches "^/t.*p/" and process.name exists'}
+- {id: re2, description: d, mitre: T1059, on: process.start, severity: low, when: 'process.executable matches "(?i)/TMP/b"'}
+- {id: glob, description: d, mitre: T1059, on: file.create, severity: low, when: 'file.path glob "/tmp/?/*x"'}
+- {id: neg, description: d, mitre: T1059, on: process.start, severity: low, when: 'not process.name == "nc"'}
+- {id: thr, description: d, mitre: T1059, on: process.start, severity: low, when: 'process.name in ["nc", "sh"]', threshold: {count: 3, within: 10s, by: user.name}}
+"#;
+        let set = Arc::new(crate::load_str(rules, "idx.yaml").unwrap_or_else(|e| panic!("{e}")));
+        let mut indexed = Engine::new(set.clone(), StateLimits::default());
+        let mut plain = Engine::new(set, StateLimits::default());
+        let names = ["nc", "sh", "x", "bash", ""];
+        let exes = ["/tmp/a/nc", "/tmp/b/x", "/TMP/B/y", "/t", "/usr/bin/nc", "/tmp/", "/tmp/c/xx", "é/tmp/"];
+        let users = ["root", "pi", "www"];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            usize::try_from(seed % u64::try_from(n).unwrap()).unwrap()
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for i in 0..5000i64 {
+            let kind = if next(4) == 0 { EventKind::FileCreate } else { EventKind::ProcessStart };
+            let mut ev = Event::new(kind, Timestamp::from_unix_nanos(i * 1_000_000_000));
+            if next(10) > 0 {
+                ev.process = Some(Process {
+                    name: (next(6) > 0).then(|| names[next(names.len())].to_string()),
+                    executable: Some(exes[next(exes.len())].to_string()),
+                    ..Default::default()
+                });
+            }
+            ev.user = Some(picket_event::User { name: Some(users[next(users.len())].into()), id: None });
+            if kind == EventKind::FileCreate {
+                ev.file = Some(File { path: exes[next(exes.len())].into(), ..Default::default() });
+            }
+            indexed.evaluate(&ev, &mut a);
+            plain.evaluate_unindexed(&ev, &mut b);
+        }
+        assert!(a.len() > 1000, "the rules should fire often here: {}", a.len());
+        assert_eq!(a, b);
     }
 }

@@ -36,6 +36,8 @@ pub enum Cond {
 #[derive(Clone, Debug)]
 pub enum Op {
     Exists,
+    /// Equal to one value (the common case, kept apart from lists for speed).
+    StrEq(Box<str>),
     /// Equal to one of (sorted when long, for a binary search).
     StrIn(Box<[Box<str>]>),
     NumIn(Box<[i64]>),
@@ -108,6 +110,7 @@ impl Op {
     #[inline]
     fn test_str(&self, s: &str) -> bool {
         match self {
+            Op::StrEq(v) => **v == *s,
             Op::StrIn(set) => {
                 if set.len() >= SORTED_FROM {
                     set.binary_search_by(|p| (**p).cmp(s)).is_ok()
@@ -238,9 +241,10 @@ fn lex(src: &str) -> Result<Vec<(usize, Tok)>, ExprError> {
                 i += 1;
             }
             let text: String = chars[start..i].iter().collect();
-            let n = text
-                .parse::<i64>()
-                .map_err(|_| ExprError { offset: start, message: format!("number `{text}` is out of range") })?;
+            let n = text.parse::<i64>().map_err(|_| ExprError {
+                offset: start,
+                message: format!("number `{text}` is out of range"),
+            })?;
             out.push((start, Tok::Num(n)));
         } else if c.is_alphabetic() || c == '_' || c == '@' {
             while i < chars.len() && (chars[i].is_alphanumeric() || matches!(chars[i], '_' | '.' | '@')) {
@@ -298,7 +302,8 @@ struct Parser<'k> {
     errors: Vec<ExprError>,
 }
 
-const OPERATORS: &str = "==, !=, <, <=, >, >=, in, contains, startswith, endswith, glob, matches, cidr, exists";
+const OPERATORS: &str =
+    "==, !=, <, <=, >, >=, in, contains, startswith, endswith, glob, matches, cidr, exists";
 
 /// Parse and compile `src`, checking every field against `kinds`.
 pub fn compile(src: &str, kinds: &[EventKind]) -> Result<Cond, Vec<ExprError>> {
@@ -313,7 +318,10 @@ pub fn compile(src: &str, kinds: &[EventKind]) -> Result<Cond, Vec<ExprError>> {
     };
     if !matches!(p.peek(), Tok::End) {
         let (off, t) = p.toks[p.at].clone();
-        p.errors.push(ExprError { offset: off, message: format!("expected `and`, `or` or the end, found {}", describe(&t)) });
+        p.errors.push(ExprError {
+            offset: off,
+            message: format!("expected `and`, `or` or the end, found {}", describe(&t)),
+        });
     }
     if p.errors.is_empty() { Ok(cond) } else { Err(p.errors) }
 }
@@ -363,7 +371,10 @@ impl Parser<'_> {
     }
 
     fn expected(&self, what: &str) -> ExprError {
-        ExprError { offset: self.offset(), message: format!("expected {what}, found {}", describe(self.peek())) }
+        ExprError {
+            offset: self.offset(),
+            message: format!("expected {what}, found {}", describe(self.peek())),
+        }
     }
 
     fn expr(&mut self) -> Result<Cond, ExprError> {
@@ -372,7 +383,11 @@ impl Parser<'_> {
             self.bump();
             parts.push(self.and()?);
         }
-        Ok(if parts.len() == 1 { parts.pop().unwrap_or(Cond::True) } else { Cond::Or(parts.into_boxed_slice()) })
+        Ok(if parts.len() == 1 {
+            parts.pop().unwrap_or(Cond::True)
+        } else {
+            Cond::Or(parts.into_boxed_slice())
+        })
     }
 
     fn and(&mut self) -> Result<Cond, ExprError> {
@@ -381,7 +396,11 @@ impl Parser<'_> {
             self.bump();
             parts.push(self.unary()?);
         }
-        Ok(if parts.len() == 1 { parts.pop().unwrap_or(Cond::True) } else { Cond::And(parts.into_boxed_slice()) })
+        Ok(if parts.len() == 1 {
+            parts.pop().unwrap_or(Cond::True)
+        } else {
+            Cond::And(parts.into_boxed_slice())
+        })
     }
 
     fn unary(&mut self) -> Result<Cond, ExprError> {
@@ -410,7 +429,10 @@ impl Parser<'_> {
             });
         };
         if matches!(path.as_str(), "and" | "or" | "in" | "exists") {
-            return Err(ExprError { offset: field_at, message: format!("expected a field name, found `{path}`") });
+            return Err(ExprError {
+                offset: field_at,
+                message: format!("expected a field name, found `{path}`"),
+            });
         }
         let resolved = match Field::parse(&path) {
             Some((f, t, g)) => {
@@ -519,7 +541,9 @@ fn build(field: Field, ty: Type, op: &str, values: Vec<Value>) -> Result<Cond, (
             .iter()
             .map(|v| match v {
                 Value::Str(s) => Ok(s.clone()),
-                Value::Num(n) => Err((true, format!("`{path}` is {}: write the value as text (\"{n}\")", ty.name()))),
+                Value::Num(n) => {
+                    Err((true, format!("`{path}` is {}: write the value as text (\"{n}\")", ty.name())))
+                }
             })
             .collect()
     };
@@ -541,7 +565,10 @@ fn build(field: Field, ty: Type, op: &str, values: Vec<Value>) -> Result<Cond, (
                 v.sort();
                 v.dedup();
             }
-            Op::StrIn(boxed(v))
+            match v.len() {
+                1 => Op::StrEq(v.pop().unwrap_or_default().into_boxed_str()),
+                _ => Op::StrIn(boxed(v)),
+            }
         }
         ("<" | "<=" | ">" | ">=", Type::Num) => {
             let n = match values.first() {
@@ -566,7 +593,9 @@ fn build(field: Field, ty: Type, op: &str, values: Vec<Value>) -> Result<Cond, (
         ("cidr", _) => {
             let nets = strings()?
                 .iter()
-                .map(|s| Cidr::parse(s).ok_or((true, format!("`{s}` is not an IP network (like \"10.0.0.0/8\")"))))
+                .map(|s| {
+                    Cidr::parse(s).ok_or((true, format!("`{s}` is not an IP network (like \"10.0.0.0/8\")")))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             Op::Cidr(nets.into_boxed_slice())
         }
@@ -601,14 +630,16 @@ fn glob(pats: &[String]) -> Result<Op, String> {
     let simple = |p: &str| !p.contains('?') && !p.contains('\\');
     let inner_star_free = |p: &str| !p.contains('*');
     if pats.iter().all(|p| simple(p)) {
-        if pats.iter().all(|p| p.ends_with('*') && !p.starts_with('*') && inner_star_free(&p[..p.len() - 1])) {
+        if pats.iter().all(|p| p.ends_with('*') && !p.starts_with('*') && inner_star_free(&p[..p.len() - 1]))
+        {
             return Ok(Op::Prefix(pats.iter().map(|p| p[..p.len() - 1].into()).collect()));
         }
         if pats.iter().all(|p| p.starts_with('*') && !p.ends_with('*') && inner_star_free(&p[1..])) {
             return Ok(Op::Suffix(pats.iter().map(|p| p[1..].into()).collect()));
         }
-        if pats.iter().all(|p| p.len() >= 2 && p.starts_with('*') && p.ends_with('*') && inner_star_free(&p[1..p.len() - 1]))
-        {
+        if pats.iter().all(|p| {
+            p.len() >= 2 && p.starts_with('*') && p.ends_with('*') && inner_star_free(&p[1..p.len() - 1])
+        }) {
             return Ok(Op::Contains(pats.iter().map(|p| p[1..p.len() - 1].into()).collect()));
         }
         if pats.iter().all(|p| inner_star_free(p)) {

@@ -88,10 +88,18 @@ pub fn carries(kind: EventKind, group: Group) -> bool {
         G::ProcessExit => matches!(kind, K::ProcessExit | K::Alert | K::Action),
         G::File => matches!(
             kind,
-            K::FileCreate | K::FileModify | K::FileDelete | K::FileRename | K::FileAttrib | K::Alert | K::Action
+            K::FileCreate
+                | K::FileModify
+                | K::FileDelete
+                | K::FileRename
+                | K::FileAttrib
+                | K::Alert
+                | K::Action
         ),
         G::FileRename => matches!(kind, K::FileRename | K::Alert | K::Action),
-        G::Source => matches!(kind, K::NetFlow | K::NetDns | K::AuthFailure | K::AuthSuccess | K::Alert | K::Action),
+        G::Source => {
+            matches!(kind, K::NetFlow | K::NetDns | K::AuthFailure | K::AuthSuccess | K::Alert | K::Action)
+        }
         G::Destination => matches!(kind, K::NetFlow | K::NetDns | K::Alert | K::Action),
         G::Dns => matches!(kind, K::NetDns | K::Alert),
         G::User => matches!(
@@ -214,58 +222,61 @@ impl Field {
     #[inline]
     pub fn get(self, ev: &Event) -> Val<'_> {
         use Field as F;
-        let p = ev.process.as_ref();
-        let pp = p.and_then(|p| p.parent.as_ref());
-        let f = ev.file.as_ref();
-        let s = ev.source.as_ref();
-        let d = ev.destination.as_ref();
-        let dns = ev.dns.as_ref();
-        let u = ev.user.as_ref();
-        let r = ev.rule.as_ref();
+        // Each arm reads only the object it needs: this is the hottest code in evaluation.
+        let p = || ev.process.as_ref();
+        let pp = || ev.process.as_ref().and_then(|p| p.parent.as_ref());
+        let f = || ev.file.as_ref();
+        let s = || ev.source.as_ref();
+        let d = || ev.destination.as_ref();
+        let dns = || ev.dns.as_ref();
+        let u = || ev.user.as_ref();
+        let r = || ev.rule.as_ref();
         match self {
             F::Message => text(ev.message.as_ref()),
             F::HostId => Val::Str(&ev.host.id),
             F::EventSeverity => Val::Num(i64::from(ev.event.severity)),
             F::EventDataset => text(ev.event.dataset.as_ref()),
             F::EventModule => text(ev.event.module.as_ref()),
-            F::ProcessPid => num(p.and_then(|p| p.pid)),
-            F::ProcessName => text(p.and_then(|p| p.name.as_ref())),
-            F::ProcessExecutable => text(p.and_then(|p| p.executable.as_ref())),
-            F::ProcessArgs => p.and_then(|p| p.args.as_deref()).map_or(Val::Missing, Val::List),
-            F::ProcessCommandLine => text(p.and_then(|p| p.command_line.as_ref())),
-            F::ProcessWorkingDirectory => text(p.and_then(|p| p.working_directory.as_ref())),
-            F::ProcessEntityId => text(p.and_then(|p| p.entity_id.as_ref())),
-            F::ProcessExitCode => num(p.and_then(|p| p.exit_code)),
-            F::ProcessParentPid => num(pp.and_then(|p| p.pid)),
-            F::ProcessParentName => text(pp.and_then(|p| p.name.as_ref())),
-            F::ProcessParentExecutable => text(pp.and_then(|p| p.executable.as_ref())),
-            F::ProcessParentCommandLine => text(pp.and_then(|p| p.command_line.as_ref())),
-            F::FilePath => f.map_or(Val::Missing, |f| Val::Str(&f.path)),
-            F::FileTargetPath => text(f.and_then(|f| f.target_path.as_ref())),
-            F::FileType => text(f.and_then(|f| f.r#type.as_ref())),
-            F::FileSize => num(f.and_then(|f| f.size)),
-            F::FileInode => num(f.and_then(|f| f.inode)),
-            F::FileMode => text(f.and_then(|f| f.mode.as_ref())),
-            F::FileUid => num(f.and_then(|f| f.uid)),
-            F::FileGid => num(f.and_then(|f| f.gid)),
-            F::FileHashSha256 => f.and_then(|f| f.hash.as_ref()).map_or(Val::Missing, |h| Val::Str(&h.sha256)),
-            F::SourceIp => text(s.and_then(|s| s.ip.as_ref())),
-            F::SourcePort => num(s.and_then(|s| s.port)),
-            F::SourceBytes => num(s.and_then(|s| s.bytes)),
-            F::SourcePackets => num(s.and_then(|s| s.packets)),
-            F::DestinationIp => text(d.and_then(|d| d.ip.as_ref())),
-            F::DestinationPort => num(d.and_then(|d| d.port)),
-            F::DestinationBytes => num(d.and_then(|d| d.bytes)),
-            F::DestinationPackets => num(d.and_then(|d| d.packets)),
-            F::DnsQuestionName => dns.map_or(Val::Missing, |d| Val::Str(&d.question.name)),
-            F::DnsQuestionType => text(dns.and_then(|d| d.question.r#type.as_ref())),
-            F::DnsResponseCode => text(dns.and_then(|d| d.response_code.as_ref())),
-            F::DnsResolvedIp => dns.and_then(|d| d.resolved_ip.as_deref()).map_or(Val::Missing, Val::List),
-            F::UserName => text(u.and_then(|u| u.name.as_ref())),
-            F::UserId => text(u.and_then(|u| u.id.as_ref())),
-            F::RuleId => r.map_or(Val::Missing, |r| Val::Str(&r.id)),
-            F::RuleName => text(r.and_then(|r| r.name.as_ref())),
-            F::RuleDescription => text(r.and_then(|r| r.description.as_ref())),
+            F::ProcessPid => num(p().and_then(|p| p.pid)),
+            F::ProcessName => text(p().and_then(|p| p.name.as_ref())),
+            F::ProcessExecutable => text(p().and_then(|p| p.executable.as_ref())),
+            F::ProcessArgs => p().and_then(|p| p.args.as_deref()).map_or(Val::Missing, Val::List),
+            F::ProcessCommandLine => text(p().and_then(|p| p.command_line.as_ref())),
+            F::ProcessWorkingDirectory => text(p().and_then(|p| p.working_directory.as_ref())),
+            F::ProcessEntityId => text(p().and_then(|p| p.entity_id.as_ref())),
+            F::ProcessExitCode => num(p().and_then(|p| p.exit_code)),
+            F::ProcessParentPid => num(pp().and_then(|p| p.pid)),
+            F::ProcessParentName => text(pp().and_then(|p| p.name.as_ref())),
+            F::ProcessParentExecutable => text(pp().and_then(|p| p.executable.as_ref())),
+            F::ProcessParentCommandLine => text(pp().and_then(|p| p.command_line.as_ref())),
+            F::FilePath => f().map_or(Val::Missing, |f| Val::Str(&f.path)),
+            F::FileTargetPath => text(f().and_then(|f| f.target_path.as_ref())),
+            F::FileType => text(f().and_then(|f| f.r#type.as_ref())),
+            F::FileSize => num(f().and_then(|f| f.size)),
+            F::FileInode => num(f().and_then(|f| f.inode)),
+            F::FileMode => text(f().and_then(|f| f.mode.as_ref())),
+            F::FileUid => num(f().and_then(|f| f.uid)),
+            F::FileGid => num(f().and_then(|f| f.gid)),
+            F::FileHashSha256 => {
+                f().and_then(|f| f.hash.as_ref()).map_or(Val::Missing, |h| Val::Str(&h.sha256))
+            }
+            F::SourceIp => text(s().and_then(|s| s.ip.as_ref())),
+            F::SourcePort => num(s().and_then(|s| s.port)),
+            F::SourceBytes => num(s().and_then(|s| s.bytes)),
+            F::SourcePackets => num(s().and_then(|s| s.packets)),
+            F::DestinationIp => text(d().and_then(|d| d.ip.as_ref())),
+            F::DestinationPort => num(d().and_then(|d| d.port)),
+            F::DestinationBytes => num(d().and_then(|d| d.bytes)),
+            F::DestinationPackets => num(d().and_then(|d| d.packets)),
+            F::DnsQuestionName => dns().map_or(Val::Missing, |d| Val::Str(&d.question.name)),
+            F::DnsQuestionType => text(dns().and_then(|d| d.question.r#type.as_ref())),
+            F::DnsResponseCode => text(dns().and_then(|d| d.response_code.as_ref())),
+            F::DnsResolvedIp => dns().and_then(|d| d.resolved_ip.as_deref()).map_or(Val::Missing, Val::List),
+            F::UserName => text(u().and_then(|u| u.name.as_ref())),
+            F::UserId => text(u().and_then(|u| u.id.as_ref())),
+            F::RuleId => r().map_or(Val::Missing, |r| Val::Str(&r.id)),
+            F::RuleName => text(r().and_then(|r| r.name.as_ref())),
+            F::RuleDescription => text(r().and_then(|r| r.description.as_ref())),
         }
     }
 }
@@ -309,12 +320,16 @@ pub fn fields_of(kind: EventKind) -> Vec<&'static str> {
 
 /// The closest known path to a misspelt one, for "did you mean".
 pub fn suggest(path: &str) -> Option<&'static str> {
-    FIELDS
-        .iter()
-        .map(|(p, ..)| (*p, edit_distance(path, p)))
+    closest(path, FIELDS.iter().map(|(p, ..)| *p))
+}
+
+/// The candidate within three edits of `word`, if any (closest first).
+pub fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (c, edit_distance(word, c)))
         .filter(|(_, d)| *d <= 3)
         .min_by_key(|(_, d)| *d)
-        .map(|(p, _)| p)
+        .map(|(c, _)| c)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {

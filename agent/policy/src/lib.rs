@@ -5,6 +5,7 @@ mod engine;
 mod error;
 mod expr;
 mod field;
+mod index;
 mod testing;
 mod yaml;
 
@@ -51,7 +52,8 @@ pub fn alert_event(d: &Decision, trigger: &Event) -> Event {
         (None, None) => {}
     }
     if !d.unresolved.is_empty() {
-        let names: Vec<String> = d.unresolved.iter().map(|u| format!("{} ({} {})", u.action, u.field, u.reason)).collect();
+        let names: Vec<String> =
+            d.unresolved.iter().map(|u| format!("{} ({} {})", u.action, u.field, u.reason)).collect();
         msg.push_str(&format!("; not actionable: {}", names.join(", ")));
     }
     ev.message = Some(msg);

@@ -79,7 +79,14 @@ impl fmt::Display for TestReport {
         for c in &self.cases {
             match &c.failure {
                 None => writeln!(f, "ok    {}:{}: {}", c.file.display(), c.line, c.name)?,
-                Some(why) => writeln!(f, "FAIL  {}:{}: {}\n      {}", c.file.display(), c.line, c.name, why.replace('\n', "\n      "))?,
+                Some(why) => writeln!(
+                    f,
+                    "FAIL  {}:{}: {}\n      {}",
+                    c.file.display(),
+                    c.line,
+                    c.name,
+                    why.replace('\n', "\n      ")
+                )?,
             }
         }
         write!(f, "{} passed, {} failed", self.passed(), self.failed())
@@ -124,7 +131,10 @@ fn find_tests(p: &Path, out: &mut Vec<PathBuf>) {
 
 fn test_beside(policy: &Path) -> Option<PathBuf> {
     let stem = policy.file_stem()?.to_str()?;
-    ["yaml", "yml"].iter().map(|ext| policy.with_file_name(format!("{stem}.test.{ext}"))).find(|p| p.is_file())
+    ["yaml", "yml"]
+        .iter()
+        .map(|ext| policy.with_file_name(format!("{stem}.test.{ext}")))
+        .find(|p| p.is_file())
 }
 
 fn policy_beside(test: &Path) -> Option<PathBuf> {
@@ -136,7 +146,10 @@ fn policy_beside(test: &Path) -> Option<PathBuf> {
 fn run_file(test: &Path, report: &mut TestReport) {
     let origin = test.display().to_string();
     let Some(policy) = policy_beside(test) else {
-        report.errors.push(format!("{origin}:1:1: no policy file beside this test (expected {})", origin.replace(".test.", ".")));
+        report.errors.push(format!(
+            "{origin}:1:1: no policy file beside this test (expected {})",
+            origin.replace(".test.", ".")
+        ));
         return;
     };
     let set = match load_paths(std::slice::from_ref(&policy)) {
@@ -340,9 +353,9 @@ fn to_json(node: &Node, n: Option<u64>) -> Value {
             Value::String(text)
         }
         NodeKind::Seq(items) => Value::Array(items.iter().map(|i| to_json(i, n)).collect()),
-        NodeKind::Map(entries) => {
-            Value::Object(entries.iter().map(|(k, v)| (k.as_str().unwrap_or("").to_string(), to_json(v, n))).collect())
-        }
+        NodeKind::Map(entries) => Value::Object(
+            entries.iter().map(|(k, v)| (k.as_str().unwrap_or("").to_string(), to_json(v, n))).collect(),
+        ),
     }
 }
 
@@ -369,7 +382,10 @@ fn parse_event(ctx: &mut Ctx<'_>, node: &Node, t: &mut i64, out: &mut Vec<Event>
                 Some(d) => every = nanos(d),
                 None => return,
             },
-            "t" => match v.as_str().map(|s| if s == "0" { Ok(Duration::ZERO) } else { humantime::parse_duration(s) }) {
+            "t" => match v
+                .as_str()
+                .map(|s| if s == "0" { Ok(Duration::ZERO) } else { humantime::parse_duration(s) })
+            {
                 Some(Ok(d)) => at = Some(BASE + nanos(d)),
                 _ => {
                     ctx.err(v.pos, "`t` is an offset from the case start, like 0s, 90s or 4m30s");
@@ -403,7 +419,11 @@ fn parse_event(ctx: &mut Ctx<'_>, node: &Node, t: &mut i64, out: &mut Vec<Event>
             if let Some(Value::Object(o)) = obj.get_mut(obj_key)
                 && !o.contains_key(inner)
             {
-                let v = if inner == "path" { Value::String(String::new()) } else { serde_json::json!({"name": ""}) };
+                let v = if inner == "path" {
+                    Value::String(String::new())
+                } else {
+                    serde_json::json!({"name": ""})
+                };
                 o.insert(inner.into(), v);
             }
         }
@@ -419,7 +439,8 @@ fn parse_event(ctx: &mut Ctx<'_>, node: &Node, t: &mut i64, out: &mut Vec<Event>
 }
 
 fn parse_expect(ctx: &mut Ctx<'_>, node: &Node) -> Option<Expect> {
-    let entries = ctx.map(node, "an expected alert", &["rule", "event", "count", "group", "actions", "unresolved"])?;
+    let entries =
+        ctx.map(node, "an expected alert", &["rule", "event", "count", "group", "actions", "unresolved"])?;
     let get = |k: &str| entries.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
     let rule = match get("rule") {
         Some(n) => ctx.string(n, "`rule`")?.to_string(),
@@ -488,7 +509,13 @@ fn parse_action(ctx: &mut Ctx<'_>, node: &Node) -> Option<ActionRequest> {
         _ => Vec::new(),
     };
     let get = |k: &str| entries.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
-    fn need<'n>(ctx: &mut Ctx<'_>, entries: &[(&str, &'n Node)], at: &Node, name: &str, k: &str) -> Option<&'n Node> {
+    fn need<'n>(
+        ctx: &mut Ctx<'_>,
+        entries: &[(&str, &'n Node)],
+        at: &Node,
+        name: &str,
+        k: &str,
+    ) -> Option<&'n Node> {
         let n = entries.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
         if n.is_none() {
             ctx.err(at.pos, format!("`{name}` needs `{k}`"));
@@ -526,7 +553,11 @@ fn parse_action(ctx: &mut Ctx<'_>, node: &Node) -> Option<ActionRequest> {
         "deny_exec" | "quarantine" => {
             let n = need(ctx, &entries, node, name, "path")?;
             let path = ctx.string(n, "`path`")?.to_string();
-            if name == "deny_exec" { ActionRequest::DenyExec { path } } else { ActionRequest::Quarantine { path } }
+            if name == "deny_exec" {
+                ActionRequest::DenyExec { path }
+            } else {
+                ActionRequest::Quarantine { path }
+            }
         }
         "isolate_host" => ActionRequest::IsolateHost { ttl: ttl(ctx)? },
         _ => {
