@@ -133,14 +133,17 @@ fn subject(ev: &Event) -> String {
             g.count, g.first_seq, g.last_seq, g.reason
         );
     }
+    if let Some(r) = &ev.rule {
+        return match &ev.message {
+            Some(m) => format!("{}: {m}", r.id),
+            None => r.id.clone(),
+        };
+    }
     if let Some(f) = &ev.file {
         return match &f.target_path {
             Some(to) => format!("{} -> {to}", f.path),
             None => f.path.clone(),
         };
-    }
-    if let Some(r) = &ev.rule {
-        return r.id.clone();
     }
     if let Some(exe) = ev.process.as_ref().and_then(|p| p.executable.as_ref().or(p.name.as_ref())) {
         return exe.clone();

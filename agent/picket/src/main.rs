@@ -11,6 +11,7 @@ mod config;
 mod device;
 mod health;
 mod liveview;
+mod policy;
 mod runtime;
 
 /// A small security agent: captures process, file, network and login events, decides and acts on
@@ -33,10 +34,10 @@ enum Command {
     /// Print the default config, or validate a config file.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Validate policy files or run their test cases. [not in this build yet]
+    /// Validate policy files or run their test cases.
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Feed recorded input through the normalizers and policy engine; print NDJSON. [not in this build yet]
+    /// Feed recorded input through the normalizers and policy engine; print NDJSON. Never touches the host.
     Replay {
         #[arg(long, value_enum)]
         format: ReplayFormat,
@@ -166,8 +167,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             commands::journal_export(&loc.data_dir()?, since_seq)
         }
         Command::Status { loc } => commands::status(&loc.data_dir()?),
-        Command::Policy(_) => Ok(commands::not_yet("policy", "the policy engine")),
-        Command::Replay { .. } => Ok(commands::not_yet("replay", "replay (needs the policy engine)")),
+        Command::Policy(PolicyCommand::Check { paths }) => Ok(policy::check(&paths)),
+        Command::Policy(PolicyCommand::Test { paths }) => Ok(policy::test(&paths)),
+        Command::Replay { format: ReplayFormat::Events, policies, emit, input } => {
+            policy::replay_events(&input, policies.as_deref(), &emit)
+        }
+        Command::Replay { format: ReplayFormat::AuthLog, .. } => {
+            Ok(commands::not_yet("replay --format auth-log", "the auth-log parser"))
+        }
+        Command::Replay { format: ReplayFormat::Pcap, .. } => {
+            Ok(commands::not_yet("replay --format pcap", "packet decoding"))
+        }
         Command::Identity { .. } => Ok(commands::not_yet("identity", "device identity and signing")),
         Command::Actions(_) => Ok(commands::not_yet("actions", "containment actions")),
         Command::Collect { .. } => Ok(commands::not_yet("collect", "the SOC collector")),

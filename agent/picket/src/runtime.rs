@@ -23,11 +23,12 @@ use picket_capture::file::FileSource;
 use picket_capture::{Drops, EventTx, Shutdown, SourceStatus, shutdown_pair};
 use picket_event::{Event, EventKind, Health, Timestamp, severity};
 use picket_journal::{Journal, JournalOptions, JournalStats};
+use picket_policy::{ActionRequest, Decision, Engine, PolicySet, StateLimits, alert_event};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, Settings};
 use crate::health::{ProcSampler, StatusFile};
-use crate::{device, liveview};
+use crate::{device, liveview, policy};
 
 /// Events from all sources waiting for the pipeline. Sources never wait: when this is full the
 /// event is dropped and counted (`<source>.queue_full`). 4096 × ~1 KiB worst case stays well
@@ -79,6 +80,21 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         }
     }
     let device_id = device::resolve(&settings.agent.device_id, data_dir)?;
+    let policies = match policy::load_for_agent(&settings.policies.paths) {
+        Ok((set, warnings)) => {
+            for w in warnings {
+                eprintln!("picket: warning: {w}");
+            }
+            set
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "picket: not started: the policies above are invalid (picket policy check shows the same)"
+            );
+            return Ok(ExitCode::from(2));
+        }
+    };
     let journal = Journal::open(
         &settings.journal_path(),
         JournalOptions { max_bytes: settings.journal.max_bytes, host_id: device_id.clone() },
@@ -94,10 +110,15 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(agent(settings, journal, device_id))
+    rt.block_on(agent(settings, journal, device_id, policies))
 }
 
-async fn agent(settings: Settings, journal: Journal, device_id: String) -> anyhow::Result<ExitCode> {
+async fn agent(
+    settings: Settings,
+    journal: Journal,
+    device_id: String,
+    policies: PolicySet,
+) -> anyhow::Result<ExitCode> {
     let started = Timestamp::now();
     let drops = Drops::default();
     let sources = SourceStatus::default();
@@ -122,7 +143,28 @@ async fn agent(settings: Settings, journal: Journal, device_id: String) -> anyho
     let source_depth = source_tx.downgrade();
     drop(source_tx);
 
-    let pipeline = tokio::spawn(pipeline(source_rx, journal_tx.clone(), device_id.clone()));
+    let mut engine = Engine::new(Arc::new(policies), StateLimits::default());
+    if let Some(state) = policy::load_state(&settings.agent.data_dir) {
+        engine.restore(state);
+    }
+    println!(
+        "policies: {} rule(s) loaded from {}",
+        engine.stats().rules,
+        display_paths(&settings.policies.paths)
+    );
+    let (reload_tx, reload_rx) = mpsc::channel::<PolicySet>(1);
+    tokio::spawn(reload_loop(settings.policies.paths.clone(), reload_tx, shutdown.clone()));
+    let pipeline = tokio::spawn(pipeline(
+        source_rx,
+        journal_tx.clone(),
+        Pipeline {
+            engine,
+            device_id: device_id.clone(),
+            mode: policy::agent_mode(settings.agent.mode),
+            data_dir: settings.agent.data_dir.clone(),
+            reload: reload_rx,
+        },
+    ));
     let live = tokio::spawn(liveview::run(
         live_rx,
         settings.agent.status_interval,
@@ -216,14 +258,163 @@ fn absolute_clean(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).components().collect()
 }
 
-/// Sources → journal. This is where normalization and the policy engine plug in.
-async fn pipeline(mut rx: mpsc::Receiver<Event>, journal: mpsc::Sender<JournalCmd>, device_id: String) {
-    while let Some(mut ev) = rx.recv().await {
-        ev.host.id.clone_from(&device_id);
-        if journal.send(JournalCmd::Append(Box::new(ev))).await.is_err() {
-            break;
+/// The pipeline stage's own state: the policy engine and where its state is kept.
+struct Pipeline {
+    engine: Engine,
+    device_id: String,
+    mode: picket_policy::Mode,
+    data_dir: PathBuf,
+    reload: mpsc::Receiver<PolicySet>,
+}
+
+/// How often the engine's windows are written to disk, so a crash costs at most this much of an
+/// attacker's count (a clean stop saves them at once).
+const STATE_SAVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Sources → policy → journal. Each event is journaled, then the alerts it triggered (so an
+/// alert's trigger always has the lower seq). Containment actions plug in after the alert: the
+/// decision is journaled before the action runs.
+async fn pipeline(mut rx: mpsc::Receiver<Event>, journal: mpsc::Sender<JournalCmd>, mut p: Pipeline) {
+    let mut decisions = Vec::new();
+    let mut save = tokio::time::interval(STATE_SAVE_INTERVAL);
+    let mut dirty = false;
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(mut ev) = ev else { break };
+                ev.host.id.clone_from(&p.device_id);
+                p.engine.evaluate(&ev, &mut decisions);
+                let alerts: Vec<Event> = decisions.drain(..).map(|d| alert_for(&d, &ev, p.mode)).collect();
+                dirty = true;
+                if journal.send(JournalCmd::Append(Box::new(ev))).await.is_err() {
+                    break;
+                }
+                for a in alerts {
+                    if journal.send(JournalCmd::Append(Box::new(a))).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Some(set) = p.reload.recv() => {
+                let n = set.len();
+                p.engine.replace_set(Arc::new(set));
+                println!("policies reloaded: {n} rule(s)");
+            }
+            _ = save.tick() => {
+                if dirty {
+                    if let Err(e) = policy::save_state(&p.data_dir, &p.engine) {
+                        eprintln!("picket: warning: saving policy state: {e:#}");
+                    }
+                    dirty = false;
+                }
+            }
         }
     }
+    if let Err(e) = policy::save_state(&p.data_dir, &p.engine) {
+        eprintln!("picket: warning: saving policy state: {e:#}");
+    }
+}
+
+/// The `alert` event for a decision, saying plainly what containment it asked for and that this
+/// build does not carry it out.
+fn alert_for(d: &Decision, trigger: &Event, agent_mode: picket_policy::Mode) -> Event {
+    let mut alert = alert_event(d, trigger);
+    if !d.actions.is_empty() {
+        let asked: Vec<String> = d.actions.iter().map(describe_action).collect();
+        let mode = d.effective_mode(agent_mode);
+        let note = match mode {
+            picket_policy::Mode::Monitor => format!("monitor mode, would: {}", asked.join(", ")),
+            picket_policy::Mode::Enforce => {
+                format!(
+                    "enforce mode, asks: {} (not carried out: containment is not in this build)",
+                    asked.join(", ")
+                )
+            }
+        };
+        let msg = alert.message.get_or_insert_with(String::new);
+        msg.push_str("; ");
+        msg.push_str(&note);
+    }
+    alert
+}
+
+fn describe_action(a: &ActionRequest) -> String {
+    match a {
+        ActionRequest::BlockIp { ip, ttl } => format!("block_ip {ip} for {}s", ttl.as_secs()),
+        ActionRequest::Kill { pid, tree } => {
+            format!("kill {pid}{}", if *tree { " and its tree" } else { "" })
+        }
+        ActionRequest::DenyExec { path } => format!("deny_exec {path}"),
+        ActionRequest::Quarantine { path } => format!("quarantine {path}"),
+        ActionRequest::IsolateHost { .. } => "isolate_host".to_string(),
+        ActionRequest::LockAccount { user, .. } => format!("lock_account {user}"),
+    }
+}
+
+/// Reload policies on SIGHUP and when a policy file changes (checked every
+/// [`POLICY_POLL`]). A set that does not load is reported and the running set stays.
+async fn reload_loop(paths: Vec<PathBuf>, tx: mpsc::Sender<PolicySet>, mut shutdown: Shutdown) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let mut poll = tokio::time::interval(POLICY_POLL);
+    let mut seen = policy_files_fingerprint(&paths);
+    loop {
+        let why = tokio::select! {
+            _ = shutdown.wait() => return,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            _ = poll.tick() => {
+                let now = policy_files_fingerprint(&paths);
+                if now == seen { continue; }
+                seen = now;
+                "a policy file changed"
+            }
+        };
+        match policy::load_for_agent(&paths) {
+            Ok((set, _)) => {
+                if tx.send(set).await.is_err() {
+                    return;
+                }
+            }
+            Err(errors) => {
+                println!("policy reload ({why}) failed; the running policies stay in force:");
+                for line in errors.lines() {
+                    println!("  {line}");
+                }
+            }
+        }
+    }
+}
+
+/// How often policy files are checked for changes.
+const POLICY_POLL: Duration = Duration::from_secs(2);
+
+/// (path, modified time, length) of every file under the policy paths, sorted.
+fn policy_files_fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<std::time::SystemTime>, u64)> {
+    fn walk(p: &Path, out: &mut Vec<(PathBuf, Option<std::time::SystemTime>, u64)>, depth: u32) {
+        let Ok(md) = std::fs::metadata(p) else { return };
+        if md.is_dir() && depth < 16 {
+            if let Ok(rd) = std::fs::read_dir(p) {
+                for e in rd.flatten() {
+                    walk(&e.path(), out, depth + 1);
+                }
+            }
+        } else if md.is_file() {
+            out.push((p.to_path_buf(), md.modified().ok(), md.len()));
+        }
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        walk(p, &mut out, 0);
+    }
+    out.sort();
+    out
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    if paths.is_empty() {
+        return "(no paths)".into();
+    }
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// Owns the journal. Takes whatever is queued (up to [`JOURNAL_BATCH_MAX`]) and commits it as one

@@ -26,11 +26,13 @@ impl TestAgent {
     fn new(extra_config: &str) -> TestAgent {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("watch")).unwrap();
+        std::fs::create_dir_all(dir.path().join("policies")).unwrap();
         let config = format!(
             "[agent]\ndata_dir = \"{d}/data\"\nhealth_interval_secs = 1\nstatus_interval_secs = 1\n\
              [sources.file]\npaths = [\"{d}/watch\"]\n\
              [sources.auth]\nenabled = false\n\
-             [sources.process]\nenabled = false\n{extra_config}",
+             [sources.process]\nenabled = false\n\
+             [policies]\npaths = [\"{d}/policies\"]\n{extra_config}",
             d = dir.path().display()
         );
         std::fs::write(dir.path().join("picket.toml"), config).unwrap();
@@ -357,8 +359,7 @@ fn every_contract_command_is_listed_and_unbuilt_ones_say_so_plainly() {
         assert!(help.contains(&format!("  {cmd} ")), "--help lacks {cmd}:\n{help}");
     }
     for args in [
-        vec!["policy", "check", "policies"],
-        vec!["replay", "--format", "auth-log", "-"],
+        vec!["replay", "--format", "pcap", "-"],
         vec!["identity"],
         vec!["actions", "list"],
         vec!["collect", "--config", "x.toml"],
@@ -367,4 +368,133 @@ fn every_contract_command_is_listed_and_unbuilt_ones_say_so_plainly() {
         assert_eq!(out.status.code(), Some(69), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("not in this build"), "{args:?}");
     }
+}
+
+const DROP_POLICY: &str = r#"
+id: test-dropped-evil
+name: evil file dropped
+description: three .evil files within a minute
+mitre: T1105
+on: file.create
+when: file.path endswith ".evil"
+threshold: {count: 3, within: 1m}
+severity: high
+actions:
+  - quarantine: {target: file.path}
+"#;
+
+#[test]
+fn an_alert_is_journaled_after_its_trigger_and_the_count_survives_a_restart() {
+    let mut agent = TestAgent::new("");
+    std::fs::write(agent.dir.path().join("policies/drop.yaml"), DROP_POLICY).unwrap();
+    agent.start();
+    agent.wait_line(|l| l.contains("policies: 1 rule(s) loaded"));
+    std::fs::write(agent.watch().join("1.evil"), b"x").unwrap();
+    std::fs::write(agent.watch().join("2.evil"), b"x").unwrap();
+    agent.wait_journal(|e| e["file"]["path"].as_str().is_some_and(|p| p.ends_with("2.evil")));
+    let (status, _) = agent.stop();
+    assert!(status.success());
+    assert!(agent.export().iter().all(|e| e["kind"] != "alert"), "fired before the third file");
+
+    // Two of three counted; a restart must not reset the count.
+    agent.start();
+    std::fs::write(agent.watch().join("3.evil"), b"x").unwrap();
+    let line = agent.wait_line(|l| l.contains("ALERT"));
+    assert!(line.contains("test-dropped-evil"), "{line}");
+    assert!(line.contains("monitor mode, would: quarantine"), "{line}");
+    let events = agent.wait_journal(|e| e["kind"] == "alert");
+    let alert = events.iter().find(|e| e["kind"] == "alert").unwrap();
+    let trigger = events
+        .iter()
+        .find(|e| {
+            e["kind"] == "file.create" && e["file"]["path"].as_str().is_some_and(|p| p.ends_with("3.evil"))
+        })
+        .unwrap();
+    assert!(alert["seq"].as_u64() > trigger["seq"].as_u64(), "alert before its trigger");
+    assert_eq!(alert["rule"]["id"], "test-dropped-evil");
+    assert_eq!(alert["event"]["severity"], 73);
+    let v = schema_validator();
+    assert!(v.is_valid(alert), "alert does not match the schema");
+    agent.stop();
+}
+
+#[test]
+fn a_bad_policy_stops_start_with_its_file_and_line_and_a_bad_reload_keeps_the_running_set() {
+    let mut agent = TestAgent::new("");
+    let pol = agent.dir.path().join("policies/drop.yaml");
+    std::fs::write(&pol, "id: x\nmitre: T1105\non: file.create\nwhen: file.pth == \"a\"\n").unwrap();
+    let out =
+        Command::new(PICKET).args(["run", "--config", agent.config().to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:4:", pol.display())), "no file:line in {err}");
+
+    std::fs::write(&pol, DROP_POLICY).unwrap();
+    agent.start();
+    std::fs::write(&pol, "id: x\non: [file.create\n").unwrap();
+    agent.wait_line(|l| l.contains("policy reload (a policy file changed) failed"));
+    for i in 0..3 {
+        std::fs::write(agent.watch().join(format!("{i}.evil")), b"x").unwrap();
+    }
+    agent.wait_line(|l| l.contains("ALERT") && l.contains("test-dropped-evil"));
+    agent.stop();
+}
+
+#[test]
+fn policy_check_and_test_pass_on_the_shipped_policies_and_check_fails_on_a_broken_one() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+    let check = picket(&["policy", "check", shipped.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let test = picket(&["policy", "test", shipped.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&test.stdout);
+    assert!(test.status.success(), "{text}");
+    assert!(text.lines().last().is_some_and(|l| l.ends_with(" 0 failed")), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "id: bad\non: auth.failure\nwhen: file.path == \"/x\"\nseverity: high\n").unwrap();
+    let out = picket(&["policy", "check", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:3:", bad.display())) && err.contains("file.path"), "{err}");
+}
+
+#[test]
+fn replay_of_events_runs_the_real_engine_and_prints_decisions() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+    let mut input = String::new();
+    for i in 0..5 {
+        input.push_str(&format!(
+            "{{\"schema_version\":1,\"kind\":\"auth.failure\",\"seq\":{},\"@timestamp\":\"2026-11-23T10:00:0{i}Z\",\
+             \"host\":{{\"id\":\"d\"}},\"event\":{{\"severity\":21}},\"process\":{{\"name\":\"sshd\"}},\
+             \"source\":{{\"ip\":\"203.0.113.9\",\"port\":4000}},\"user\":{{\"name\":\"root\"}}}}\n",
+            i + 1
+        ));
+    }
+    input.push_str("this is not an event\n");
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("in.ndjson");
+    std::fs::write(&f, input).unwrap();
+    let out = picket(&[
+        "replay",
+        "--format",
+        "events",
+        "--policies",
+        shipped.to_str().unwrap(),
+        "--emit",
+        "decisions",
+        f.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "a bad line is reported in the exit code");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in.ndjson:6: not a picket event"));
+    let decisions: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    let d = &decisions[0];
+    assert_eq!(d["kind"], "decision");
+    assert_eq!(d["rule_id"], "ssh-brute-force");
+    assert_eq!(d["trigger_seq"], 5);
+    assert_eq!(d["actions"][0]["action"], "block_ip");
+    assert_eq!(d["actions"][0]["ip"], "203.0.113.9");
+    assert_eq!(d["actions"][0]["ttl_secs"], 3600);
 }

@@ -1,0 +1,224 @@
+//! Policies in the binary: `policy check`, `policy test`, `replay`, loading for the agent, and
+//! the engine state file that keeps an attacker's count across restarts.
+
+use std::io::{self, BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use picket_event::Event;
+use picket_policy::{Decision, Engine, PolicySet, StateLimits, StateSnapshot};
+
+use crate::config::{self, Mode as AgentMode};
+
+/// Exit code for invalid policies or input.
+const EXIT_INVALID: u8 = 2;
+/// Exit code when policy test cases fail.
+const EXIT_TESTS_FAILED: u8 = 1;
+
+/// The engine state file in the data dir (windows and sequences in progress).
+pub const STATE_FILE: &str = "policy-state.json";
+
+/// The agent mode as the policy crate names it.
+pub fn agent_mode(m: AgentMode) -> picket_policy::Mode {
+    match m {
+        AgentMode::Monitor => picket_policy::Mode::Monitor,
+        AgentMode::Enforce => picket_policy::Mode::Enforce,
+    }
+}
+
+/// Load the configured policy paths for the agent. Paths that do not exist are left out with a
+/// warning (the embedded default names `policies`, which only exists in a checkout); invalid
+/// policies are an error with every problem listed.
+pub fn load_for_agent(paths: &[PathBuf]) -> Result<(PolicySet, Vec<String>), String> {
+    let mut warnings = Vec::new();
+    let existing: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| {
+            let ok = p.exists();
+            if !ok {
+                warnings.push(format!("policies.paths: {} does not exist; no policies from it", p.display()));
+            }
+            ok
+        })
+        .cloned()
+        .collect();
+    let set = picket_policy::load_paths(&existing).map_err(|e| e.to_string())?;
+    Ok((set, warnings))
+}
+
+pub fn check(paths: &[PathBuf]) -> ExitCode {
+    match picket_policy::load_paths(paths) {
+        Ok(set) => {
+            println!("{} rule(s) ok", set.len());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} error(s)", errors.0.len());
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}
+
+pub fn test(paths: &[PathBuf]) -> ExitCode {
+    let report = picket_policy::run_tests(paths);
+    println!("{report}");
+    if !report.errors.is_empty() {
+        ExitCode::from(EXIT_INVALID)
+    } else if report.failed() > 0 || report.cases.is_empty() {
+        if report.cases.is_empty() {
+            eprintln!("no test cases found in {}", display_paths(paths));
+        }
+        ExitCode::from(EXIT_TESTS_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// What `replay --emit` prints.
+#[derive(Debug, Clone, Copy)]
+pub struct Emit {
+    pub events: bool,
+    pub decisions: bool,
+}
+
+impl Emit {
+    pub fn parse(s: &str) -> anyhow::Result<Emit> {
+        let mut e = Emit { events: false, decisions: false };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "events" => e.events = true,
+                "decisions" => e.decisions = true,
+                other => anyhow::bail!("--emit: unknown item {other:?}; use events, decisions or both"),
+            }
+        }
+        Ok(e)
+    }
+}
+
+/// The policy set for replay: `--policies DIR`, else the config's `policies.paths` (embedded
+/// default: `policies`).
+fn replay_policies(dir: Option<&Path>) -> Result<PolicySet, ExitCode> {
+    let paths = match dir {
+        Some(d) => vec![d.to_path_buf()],
+        None => config::default_settings().policies.paths,
+    };
+    match picket_policy::load_paths(&paths) {
+        Ok(set) => Ok(set),
+        Err(errors) => {
+            eprintln!("{errors}");
+            Err(ExitCode::from(EXIT_INVALID))
+        }
+    }
+}
+
+/// One event through the engine, printed per `emit`.
+fn emit_one(
+    out: &mut impl Write,
+    engine: &mut Engine,
+    ev: &Event,
+    emit: Emit,
+    decisions: &mut Vec<Decision>,
+) -> io::Result<()> {
+    engine.evaluate(ev, decisions);
+    if emit.events {
+        serde_json::to_writer(&mut *out, ev)?;
+        out.write_all(b"\n")?;
+    }
+    if emit.decisions {
+        for d in decisions.iter() {
+            let mut v = serde_json::to_value(d).map_err(io::Error::other)?;
+            if let Some(o) = v.as_object_mut() {
+                o.insert("kind".into(), "decision".into());
+                if ev.seq != 0 {
+                    o.insert("trigger_seq".into(), ev.seq.into());
+                }
+            }
+            serde_json::to_writer(&mut *out, &v)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    decisions.clear();
+    Ok(())
+}
+
+/// `picket replay --format events`: NDJSON events (as `journal export` prints them) through the
+/// real engine. Never touches the host: there is no actions module in this path at all.
+pub fn replay_events(input: &str, policies: Option<&Path>, emit: &str) -> anyhow::Result<ExitCode> {
+    let emit = Emit::parse(emit)?;
+    let set = match replay_policies(policies) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let mut engine = Engine::new(Arc::new(set), StateLimits::default());
+    let reader: Box<dyn BufRead> = if input == "-" {
+        Box::new(io::BufReader::new(io::stdin()))
+    } else {
+        Box::new(io::BufReader::new(std::fs::File::open(input).with_context(|| format!("opening {input}"))?))
+    };
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut decisions = Vec::new();
+    let mut bad = 0u64;
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let line = line.with_context(|| format!("reading {input}"))?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<Event>(&line) {
+            Ok(ev) => match emit_one(&mut out, &mut engine, &ev, emit, &mut decisions) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+                Err(e) => return Err(e.into()),
+            },
+            Err(e) => {
+                bad += 1;
+                if bad <= 20 {
+                    eprintln!("{input}:{}: not a picket event, skipped: {e}", i + 1);
+                }
+            }
+        }
+    }
+    out.flush().ok();
+    if bad > 0 {
+        eprintln!("{input}: {bad} line(s) skipped");
+        return Ok(ExitCode::from(EXIT_INVALID));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Engine state from the data dir, if any. A state file that does not parse is set aside
+/// (renamed with `.bad`) rather than deleted, and the agent starts with empty windows.
+pub fn load_state(data_dir: &Path) -> Option<StateSnapshot> {
+    let path = data_dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&path).ok()?;
+    match serde_json::from_str(&text) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            let aside = path.with_extension("json.bad");
+            eprintln!(
+                "picket: warning: {} is unreadable ({e}); moved to {} and starting with empty windows",
+                path.display(),
+                aside.display()
+            );
+            let _ = std::fs::rename(&path, &aside);
+            None
+        }
+    }
+}
+
+/// Write the engine state atomically (tmp + rename).
+pub fn save_state(data_dir: &Path, engine: &Engine) -> anyhow::Result<()> {
+    let path = data_dir.join(STATE_FILE);
+    let tmp = data_dir.join(".policy-state.json.tmp");
+    let json = serde_json::to_vec(&engine.snapshot())?;
+    std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
