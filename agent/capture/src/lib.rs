@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use picket_event::Event;
 use tokio::sync::{mpsc, watch};
 
+pub mod auth;
 pub mod file;
 
 /// Errors a source can end with.
