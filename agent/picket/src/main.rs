@@ -172,8 +172,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Replay { format: ReplayFormat::Events, policies, emit, input } => {
             policy::replay_events(&input, policies.as_deref(), &emit)
         }
-        Command::Replay { format: ReplayFormat::AuthLog, .. } => {
-            Ok(commands::not_yet("replay --format auth-log", "the auth-log parser"))
+        Command::Replay { format: ReplayFormat::AuthLog, policies, emit, input } => {
+            policy::replay_auth_log(&input, policies.as_deref(), &emit)
         }
         Command::Replay { format: ReplayFormat::Pcap, .. } => {
             Ok(commands::not_yet("replay --format pcap", "packet decoding"))

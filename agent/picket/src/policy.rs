@@ -105,24 +105,27 @@ impl Emit {
 /// The policy set for replay: `--policies DIR`, else the config's `policies.paths` (embedded
 /// default: `policies`).
 fn replay_policies(dir: Option<&Path>) -> Result<PolicySet, ExitCode> {
-    let paths = match dir {
-        Some(d) => vec![d.to_path_buf()],
-        None => config::default_settings().policies.paths,
+    let loaded = match dir {
+        Some(d) => picket_policy::load_paths(&[d.to_path_buf()]).map_err(|e| e.to_string()),
+        None => load_for_agent(&config::default_settings().policies.paths).map(|(set, warnings)| {
+            for w in warnings {
+                eprintln!("picket replay: {w} (use --policies DIR)");
+            }
+            set
+        }),
     };
-    match picket_policy::load_paths(&paths) {
-        Ok(set) => Ok(set),
-        Err(errors) => {
-            eprintln!("{errors}");
-            Err(ExitCode::from(EXIT_INVALID))
-        }
-    }
+    loaded.map_err(|errors| {
+        eprintln!("{errors}");
+        ExitCode::from(EXIT_INVALID)
+    })
 }
 
-/// One event through the engine, printed per `emit`.
+/// One event through the engine, printed per `emit`. `line` is the input line it came from.
 fn emit_one(
     out: &mut impl Write,
     engine: &mut Engine,
     ev: &Event,
+    line: usize,
     emit: Emit,
     decisions: &mut Vec<Decision>,
 ) -> io::Result<()> {
@@ -139,6 +142,7 @@ fn emit_one(
                 if ev.seq != 0 {
                     o.insert("trigger_seq".into(), ev.seq.into());
                 }
+                o.insert("trigger_line".into(), line.into());
             }
             serde_json::to_writer(&mut *out, &v)?;
             out.write_all(b"\n")?;
@@ -157,11 +161,7 @@ pub fn replay_events(input: &str, policies: Option<&Path>, emit: &str) -> anyhow
         Err(code) => return Ok(code),
     };
     let mut engine = Engine::new(Arc::new(set), StateLimits::default());
-    let reader: Box<dyn BufRead> = if input == "-" {
-        Box::new(io::BufReader::new(io::stdin()))
-    } else {
-        Box::new(io::BufReader::new(std::fs::File::open(input).with_context(|| format!("opening {input}"))?))
-    };
+    let reader = open_input(input)?;
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut decisions = Vec::new();
@@ -172,7 +172,7 @@ pub fn replay_events(input: &str, policies: Option<&Path>, emit: &str) -> anyhow
             continue;
         }
         match serde_json::from_slice::<Event>(&line) {
-            Ok(ev) => match emit_one(&mut out, &mut engine, &ev, emit, &mut decisions) {
+            Ok(ev) => match emit_one(&mut out, &mut engine, &ev, i + 1, emit, &mut decisions) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
                 Err(e) => return Err(e.into()),
@@ -221,4 +221,63 @@ pub fn save_state(data_dir: &Path, engine: &Engine) -> anyhow::Result<()> {
     std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
     Ok(())
+}
+
+fn open_input(input: &str) -> anyhow::Result<Box<dyn BufRead>> {
+    Ok(if input == "-" {
+        Box::new(io::BufReader::new(io::stdin()))
+    } else {
+        Box::new(io::BufReader::new(std::fs::File::open(input).with_context(|| format!("opening {input}"))?))
+    })
+}
+
+/// `picket replay --format auth-log`: log lines through the real auth parser and engine. Lines
+/// that are not authentication events are passed over; malformed ones are counted and named on
+/// stderr (the first few), never fatal. Classic syslog lines carry no year: the file's mtime (or,
+/// for standard input, the current date) supplies it.
+pub fn replay_auth_log(input: &str, policies: Option<&Path>, emit: &str) -> anyhow::Result<ExitCode> {
+    use picket_capture::auth::{ParseOutcome, YearHint, parse_line};
+    let emit = Emit::parse(emit)?;
+    let set = match replay_policies(policies) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let mut engine = Engine::new(Arc::new(set), StateLimits::default());
+    let year_from = if input == "-" {
+        picket_event::Timestamp::now()
+    } else {
+        std::fs::metadata(input)
+            .and_then(|m| m.modified())
+            .map_or_else(|_| picket_event::Timestamp::now(), picket_event::Timestamp::from)
+    };
+    let year = YearHint::from_timestamp(year_from);
+    let reader = open_input(input)?;
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut decisions = Vec::new();
+    let (mut lines, mut events, mut malformed) = (0u64, 0u64, 0u64);
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let line = line.with_context(|| format!("reading {input}"))?;
+        lines += 1;
+        match parse_line(&line, year) {
+            ParseOutcome::Event(ev) => {
+                events += 1;
+                match emit_one(&mut out, &mut engine, &ev, i + 1, emit, &mut decisions) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            ParseOutcome::NotAuth => {}
+            ParseOutcome::Malformed(why) => {
+                malformed += 1;
+                if malformed <= 20 {
+                    eprintln!("{input}:{}: skipped: {why}", i + 1);
+                }
+            }
+        }
+    }
+    out.flush().ok();
+    eprintln!("{input}: {lines} lines, {events} auth events, {malformed} malformed (skipped)");
+    Ok(ExitCode::SUCCESS)
 }

@@ -19,6 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use picket_capture::auth::AuthSource;
 use picket_capture::file::FileSource;
 use picket_capture::{Drops, EventTx, Shutdown, SourceStatus, shutdown_pair};
 use picket_event::{Event, EventKind, Health, Timestamp, severity};
@@ -41,6 +42,8 @@ pub const JOURNAL_QUEUE: usize = 2048;
 pub const JOURNAL_BATCH_MAX: usize = 1024;
 /// Journaled events waiting to be shown by the live view; the view skips (and says so) when full.
 pub const LIVE_QUEUE: usize = 1024;
+/// Where the auth source keeps its place in each log, in the data dir.
+pub const AUTH_OFFSETS_FILE: &str = "auth-offsets.json";
 /// SIGTERM to exit.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -244,10 +247,20 @@ fn spawn_sources(
     } else {
         status.set(FileSource::NAME, "disabled");
     }
+    if s.auth.enabled {
+        let src = AuthSource::new(s.auth.files.clone(), settings.agent.data_dir.join(AUTH_OFFSETS_FILE));
+        let out = EventTx::new(AuthSource::NAME, tx.clone(), drops.clone());
+        let (status, shutdown) = (status.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = src.run(out, status.clone(), shutdown).await {
+                status.set(AuthSource::NAME, format!("failed: {e}"));
+            }
+        });
+    } else {
+        status.set(AuthSource::NAME, "disabled");
+    }
     // Sources whose capture is not in this build yet: say so plainly, once, and go on.
-    for (name, enabled) in
-        [("process", s.process.enabled), ("auth", s.auth.enabled), ("network", s.network.enabled)]
-    {
+    for (name, enabled) in [("process", s.process.enabled), ("network", s.network.enabled)] {
         status.set(name, if enabled { "unavailable: not in this build yet" } else { "disabled" });
     }
 }

@@ -24,16 +24,27 @@ struct TestAgent {
 
 impl TestAgent {
     fn new(extra_config: &str) -> TestAgent {
+        TestAgent::build(false, None, extra_config)
+    }
+
+    /// An agent that also tails `<dir>/auth.log` and runs the policies in `policies`.
+    fn with_auth(policies: &Path) -> TestAgent {
+        TestAgent::build(true, Some(policies), "")
+    }
+
+    fn build(auth: bool, policies: Option<&Path>, extra_config: &str) -> TestAgent {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("watch")).unwrap();
         std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+        std::fs::write(dir.path().join("auth.log"), b"").unwrap();
+        let d = dir.path().display();
+        let policies = policies.map_or_else(|| format!("{d}/policies"), |p| p.display().to_string());
         let config = format!(
             "[agent]\ndata_dir = \"{d}/data\"\nhealth_interval_secs = 1\nstatus_interval_secs = 1\n\
              [sources.file]\npaths = [\"{d}/watch\"]\n\
-             [sources.auth]\nenabled = false\n\
+             [sources.auth]\nenabled = {auth}\nfiles = [\"{d}/auth.log\"]\n\
              [sources.process]\nenabled = false\n\
-             [policies]\npaths = [\"{d}/policies\"]\n{extra_config}",
-            d = dir.path().display()
+             [policies]\npaths = [\"{policies}\"]\n{extra_config}"
         );
         std::fs::write(dir.path().join("picket.toml"), config).unwrap();
         TestAgent { dir, child: None, lines: None, seen: Vec::new() }
@@ -497,4 +508,66 @@ fn replay_of_events_runs_the_real_engine_and_prints_decisions() {
     assert_eq!(d["actions"][0]["action"], "block_ip");
     assert_eq!(d["actions"][0]["ip"], "203.0.113.9");
     assert_eq!(d["actions"][0]["ttl_secs"], 3600);
+}
+
+fn shipped_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies")
+}
+
+#[test]
+fn five_failed_ssh_logins_in_the_auth_log_raise_the_brute_force_alert() {
+    let mut agent = TestAgent::with_auth(&shipped_policies());
+    agent.start();
+    agent.wait_line(|l| l.contains("source auth: running"));
+    let log = agent.dir.path().join("auth.log");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    let now = picket_now_iso();
+    for i in 0..5 {
+        use std::io::Write;
+        writeln!(
+            f,
+            "{now} vm sshd[{}]: Failed password for root from 203.0.113.50 port {} ssh2",
+            4000 + i,
+            50000 + i
+        )
+        .unwrap();
+    }
+    drop(f);
+    let line = agent.wait_line(|l| l.contains("ALERT"));
+    assert!(line.contains("ssh-brute-force"), "{line}");
+    assert!(line.contains("would: block_ip 203.0.113.50 for 3600s"), "{line}");
+    let events = agent.wait_journal(|e| e["kind"] == "alert");
+    let failures: Vec<_> = events.iter().filter(|e| e["kind"] == "auth.failure").collect();
+    assert_eq!(failures.len(), 5, "{failures:#?}");
+    assert!(failures.iter().all(|e| e["source"]["ip"] == "203.0.113.50" && e["user"]["name"] == "root"));
+    let (status, _) = agent.stop();
+    assert!(status.success());
+}
+
+/// Now as rsyslog's RSYSLOG_FileFormat writes it.
+fn picket_now_iso() -> String {
+    let out = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%S.%6N+00:00"]).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn replay_of_a_real_sshd_log_prints_events_and_garbage_is_counted_not_fatal() {
+    let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("../capture/tests/data/auth/real-sshd.log");
+    let out = picket(&["replay", "--format", "auth-log", "--emit", "events", real.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(events.len() >= 10, "only {} events", events.len());
+    assert!(events.iter().all(|e| e["kind"] == "auth.failure" || e["kind"] == "auth.success"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.log");
+    let mut bytes: Vec<u8> =
+        (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7).to_le_bytes()[0]).collect();
+    bytes.extend(std::iter::repeat_n(b'A', 1 << 20));
+    bytes.push(b'\n');
+    std::fs::write(&junk, bytes).unwrap();
+    let out = picket(&["replay", "--format", "auth-log", junk.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auth events"));
 }
