@@ -18,8 +18,8 @@
 //! and `sshd-auth` (OpenSSH ≥ 9.8) count as `sshd`, and `process.name` is one of `sshd`,
 //! `dropbear`, `sudo`, `su`.
 //!
-//! | program  | message                                                                    | event, method |
-//! |----------|----------------------------------------------------------------------------|---------------|
+//! | program  | message                                                                    | event, `event.action` |
+//! |----------|----------------------------------------------------------------------------|-----------------------|
 //! | sshd     | `Failed <method> for [invalid user ]<u> from <ip> port <n> ssh2[: <key>]` | failure, `<method>` (`password`, `publickey`, `keyboard-interactive/pam`, `none`, ...) |
 //! | sshd     | `Accepted <method> for <u> from <ip> port <n> ssh2[: <key>]`              | success, `<method>` |
 //! | sshd     | `Invalid user <u> from <ip>[ port <n>]`                                    | failure, `invalid_user` |
@@ -78,17 +78,43 @@
 //! Not defended: a local user can write any line to syslog (`logger -t sshd ...`), and a
 //! syslog daemon does not check tags. Lines are only as trustworthy as `/dev/log`.
 //!
-//! # Sub-kind encoding
+//! # Event fields
 //!
-//! `EventMeta` has no `event.action`, so the method leads `message`: `"<method>: <message>"`,
-//! e.g. `password: Failed password for root from 10.0.0.2 port 35128 ssh2`. The method is one
-//! of the tokens in the table above (sshd's own method name, or `invalid_user`,
-//! `max_attempts`, `pam`, `preauth_disconnect`, `not_allowed`, `command`, `su`, `password`,
-//! `publickey`), a prefix a policy can match. The message is the line's message part, invalid
-//! UTF-8 and control characters replaced by U+FFFD, cut to [`MAX_MESSAGE`] bytes; `user.name`
-//! is cleaned the same way and cut to [`MAX_USER`] bytes. `event.dataset` is `picket.auth`,
-//! `event.module` `auth-log`, `event.severity` low for failures and info for successes.
+//! `event.action` (ECS) names the form of the line: one of the tokens in the table above
+//! (sshd's own method name, or `invalid_user`, `max_attempts`, `pam`, `preauth_disconnect`,
+//! `not_allowed`, `command`, `su`, `password`, `publickey`), so a policy can tell the lines of one
+//! attempt apart. `message` is the line's message part as the program wrote it, e.g.
+//! `Failed password for root from 10.0.0.2 port 35128 ssh2`, invalid UTF-8 and control
+//! characters replaced by U+FFFD, cut to [`MAX_MESSAGE`] bytes; `user.name` is cleaned the same
+//! way and cut to [`MAX_USER`] bytes. `event.dataset` is `picket.auth`, `event.module`
+//! `auth-log`, `event.severity` low for failures and info for successes.
 //!
+//! # One attempt, several events
+//!
+//! Programs log one failed attempt on several lines, and each line that names an account is an
+//! `auth.failure`: a rule that counts attempts must pick its actions. What real logs hold:
+//!
+//! * sshd, existing user, password: `pam_unix(sshd:auth)` (`pam`), `Failed password` (`password`);
+//!   when the client gives up, `Connection closed by authenticating user` (`preauth_disconnect`).
+//! * sshd, unknown user: `Invalid user` (`invalid_user`, once per connection, before any
+//!   attempt), `pam_unix` without `user=` (`pam`, no `user.name`), then `Failed password for
+//!   invalid user` (`password`) per attempt and `Connection closed by invalid user`.
+//! * sshd, too many attempts on one connection: `maximum authentication attempts exceeded`
+//!   (`max_attempts`) after the last `Failed` line of that connection.
+//! * dropbear: `Bad password attempt` (`password`) or `Login attempt for nonexistent user`
+//!   (`invalid_user`) per attempt; `Max auth tries reached` / `Exit before auth` at the end.
+//! * sudo: `pam_unix(sudo:auth)` (`pam`) per wrong password, then one `N incorrect password
+//!   attempts` (`password`) per invocation; su: `pam_unix(su:auth)` (`pam`) and `FAILED SU`
+//!   (`su`) per attempt.
+//!
+//! So one SSH password attempt is exactly one `Failed <method>` line (sshd) or one `Bad password
+//! attempt` / `nonexistent user` line (dropbear): count `event.action` in the method names for
+//! sshd, and `password`, `publickey`, `invalid_user` for dropbear. One gap: sshd logs a failed
+//! non-password method (`publickey`, `keyboard-interactive/pam`) for an existing user at
+//! `VERBOSE` until the connection has `MaxAuthTries / 2` failures, so at the default `INFO`
+//! level the first ones of a connection leave only PAM's lines (`error: PAM: Authentication
+//! failure`, `pam`).
+
 //! # Tailing, offsets, rotation
 //!
 //! Every [`POLL`] each file is `stat`ed and read with `pread` into one 64 KiB buffer, at most

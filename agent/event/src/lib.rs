@@ -327,6 +327,11 @@ pub struct EventMeta {
     /// How the event was observed, e.g. `inotify`, `scan`, `netlink`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module: Option<String>,
+    /// ECS `event.action`: the action captured by the event, a sub-kind finer than `kind`. For
+    /// auth events the method or failure form, e.g. `password`, `publickey`, `invalid_user`,
+    /// `max_attempts`, `pam`, `preauth_disconnect`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
 }
 
 /// ECS `process.*`.
@@ -525,6 +530,17 @@ mod tests {
         assert_eq!(v["host"]["id"], "dev1");
         let back: Event = serde_json::from_value(v).unwrap();
         assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn event_action_is_omitted_when_absent_and_round_trips() {
+        let mut ev = Event::new(EventKind::AuthFailure, Timestamp::from_unix_nanos(5));
+        let v = serde_json::to_value(&ev).unwrap();
+        assert!(v["event"].get("action").is_none());
+        ev.event.action = Some("password".into());
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["event"]["action"], "password");
+        assert_eq!(serde_json::from_value::<Event>(v).unwrap(), ev);
     }
 
     #[test]

@@ -48,7 +48,7 @@ impl Type {
 /// The part of an event a field lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Group {
-    /// On every event: `message`, `host.id`, `event.*`.
+    /// On every event: `message`, `host.id`, `event.*` (`severity`, `dataset`, `module`, `action`).
     Base,
     Process,
     /// `process.exit_code`: only `process.exit`.
@@ -140,6 +140,7 @@ fields! {
     EventSeverity = "event.severity": Num in Base;
     EventDataset = "event.dataset": Str in Base;
     EventModule = "event.module": Str in Base;
+    EventAction = "event.action": Str in Base;
     ProcessPid = "process.pid": Num in Process;
     ProcessName = "process.name": Str in Process;
     ProcessExecutable = "process.executable": Str in Process;
@@ -237,6 +238,7 @@ impl Field {
             F::EventSeverity => Val::Num(i64::from(ev.event.severity)),
             F::EventDataset => text(ev.event.dataset.as_ref()),
             F::EventModule => text(ev.event.module.as_ref()),
+            F::EventAction => text(ev.event.action.as_ref()),
             F::ProcessPid => num(p().and_then(|p| p.pid)),
             F::ProcessName => text(p().and_then(|p| p.name.as_ref())),
             F::ProcessExecutable => text(p().and_then(|p| p.executable.as_ref())),
@@ -367,5 +369,17 @@ mod tests {
         assert!(carries(EventKind::AuthFailure, Group::Process));
         assert!(!carries(EventKind::AuthFailure, Group::File));
         assert!(fields_of(EventKind::AuthSuccess).contains(&"source.ip"));
+    }
+
+    #[test]
+    fn event_action_is_on_every_kind_and_reads_as_text() {
+        for k in EventKind::ALL {
+            assert!(fields_of(k).contains(&"event.action"), "{k}");
+        }
+        assert_eq!(Field::parse("event.action"), Some((Field::EventAction, Type::Str, Group::Base)));
+        let mut ev = Event::new(EventKind::AuthFailure, picket_event::Timestamp::from_unix_nanos(0));
+        assert_eq!(Field::EventAction.get(&ev), Val::Missing);
+        ev.event.action = Some("password".into());
+        assert_eq!(Field::EventAction.get(&ev), Val::Str("password"));
     }
 }

@@ -24,6 +24,7 @@
 //! `"@timestamp"` (RFC 3339), or `t` (an offset like `4m30s` from 2024-01-01T00:00:00Z), or else
 //! one second after the previous event. `repeat: N` makes N copies `every` apart (default 1s), and
 //! `{n}` in any text is replaced by the copy's index (0, 1, ...) — handy for many user names.
+//! `event: {action: password}` needs no `severity` (it defaults to 0).
 //! Each case runs on a fresh [`Engine`] holding only the rules of the policy file beside the test.
 
 use std::fmt;
@@ -413,8 +414,14 @@ fn parse_event(ctx: &mut Ctx<'_>, node: &Node, t: &mut i64, out: &mut Vec<Event>
         }
         let ts = start + every.saturating_mul(i64::try_from(i).unwrap_or(0));
         obj.insert("@timestamp".into(), Value::String(Timestamp::from_unix_nanos(ts).to_string()));
-        // Friendly fill-ins: an empty `file.path` / `dns.question.name` where the object is given
+        // Friendly fill-ins: `event.severity` 0 when `event` is given without it (`event: {action:
+        // password}`), an empty `file.path` / `dns.question.name` where the object is given
         // without them.
+        if let Some(Value::Object(o)) = obj.get_mut("event")
+            && !o.contains_key("severity")
+        {
+            o.insert("severity".into(), Value::from(0));
+        }
         for (obj_key, inner) in [("file", "path"), ("dns", "question")] {
             if let Some(Value::Object(o)) = obj.get_mut(obj_key)
                 && !o.contains_key(inner)

@@ -65,11 +65,11 @@ pub enum ParseOutcome {
     Malformed(&'static str),
 }
 
-/// How the authentication went, and the token that leads `message` (`"<method>: <text>"`).
+/// How the authentication went: the token that becomes `event.action`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Method<'a> {
     /// An SSH userauth method as sshd names it: `password`, `publickey`,
-    /// `keyboard-interactive/pam`, `none`, `hostbased`, ...
+    /// `keyboard-interactive/pam`, `none`, `hostbased`, ... (ASCII letters, digits, `-/@._`).
     Ssh(&'a [u8]),
     Password,
     Publickey,
@@ -82,13 +82,13 @@ enum Method<'a> {
     Su,
 }
 
+/// `event.action` is cut to at most this many bytes; sshd's method names are far shorter.
+const MAX_ACTION: usize = 64;
+
 impl Method<'_> {
-    fn write(self, out: &mut String) {
+    fn action(self) -> String {
         let s = match self {
-            Method::Ssh(m) => {
-                push_clean(out, m, MAX_MESSAGE);
-                return;
-            }
+            Method::Ssh(m) => return clean(m, MAX_ACTION),
             Method::Password => "password",
             Method::Publickey => "publickey",
             Method::InvalidUser => "invalid_user",
@@ -99,7 +99,7 @@ impl Method<'_> {
             Method::Command => "command",
             Method::Su => "su",
         };
-        out.push_str(s);
+        s.to_string()
     }
 }
 
@@ -220,12 +220,8 @@ fn build(h: &Header<'_>, f: Found<'_>) -> Event {
     if let Some(ip) = f.ip {
         ev.source = Some(Endpoint { ip: Some(ip.to_string()), port: f.port, ..Endpoint::default() });
     }
-    let mut msg = String::with_capacity(h.msg.len().min(MAX_MESSAGE) + 24);
-    f.method.write(&mut msg);
-    msg.push_str(": ");
-    let budget = MAX_MESSAGE.saturating_sub(msg.len());
-    push_clean(&mut msg, h.msg, budget);
-    ev.message = Some(msg);
+    ev.event.action = Some(f.method.action());
+    ev.message = Some(clean(h.msg, MAX_MESSAGE));
     ev
 }
 
