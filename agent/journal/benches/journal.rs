@@ -7,13 +7,11 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use picket_event::{
-    Event, EventKind, File as EcsFile, FileHash, ParentProcess, Process, Timestamp, User, severity,
-};
+use picket_event::{Event, EventKind, File as EcsFile, FileHash, Process, Timestamp, User, severity};
 use picket_journal::{Journal, JournalOptions};
 
-/// A process.start as the process source emits it: executable, argv, user; 370 bytes of JSON
-/// once `seq` is set.
+/// A process.start as the process source emits it: executable, argv, command line, user; 395
+/// bytes of JSON once `seq` is set.
 fn process_start(i: u64) -> Event {
     let mut ev = Event::new(
         EventKind::ProcessStart,

@@ -87,7 +87,7 @@ fn a_journal_with_pages_overwritten_in_the_middle_is_reported_corrupt_and_left_b
 }
 
 #[test]
-fn a_journal_with_a_damaged_page_is_refused_even_when_the_damage_is_only_on_an_inner_page() {
+fn a_journal_with_one_page_header_overwritten_is_reported_corrupt_and_left_byte_for_byte() {
     // Overwrite only the b-tree page header of one page (its first 12 bytes) with nonsense.
     let dir = tempfile::tempdir().unwrap();
     let path = healthy_journal(dir.path());

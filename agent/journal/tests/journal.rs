@@ -298,7 +298,6 @@ fn the_file_on_disk_stays_within_twice_the_cap_over_many_eviction_rounds() {
         worst = worst.max(s.file_bytes);
     }
     assert!(rounds >= 50, "{rounds} eviction rounds");
-    eprintln!("rounds {rounds} worst {worst} cap {cap}");
     assert!(worst <= 2 * cap, "file + WAL reached {worst} bytes with a cap of {cap}");
     drop(j);
     assert!(std::fs::metadata(&path).unwrap().len() <= 2 * cap);
