@@ -477,7 +477,7 @@ fn replay_of_events_runs_the_real_engine_and_prints_decisions() {
     for i in 0..5 {
         input.push_str(&format!(
             "{{\"schema_version\":1,\"kind\":\"auth.failure\",\"seq\":{},\"@timestamp\":\"2026-11-23T10:00:0{i}Z\",\
-             \"host\":{{\"id\":\"d\"}},\"event\":{{\"severity\":21}},\"process\":{{\"name\":\"sshd\"}},\
+             \"host\":{{\"id\":\"d\"}},\"event\":{{\"severity\":21,\"action\":\"password\"}},\"process\":{{\"name\":\"sshd\"}},\
              \"source\":{{\"ip\":\"203.0.113.9\",\"port\":4000}},\"user\":{{\"name\":\"root\"}}}}\n",
             i + 1
         ));
