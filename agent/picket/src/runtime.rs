@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use picket_capture::auth::AuthSource;
 use picket_capture::file::FileSource;
-use picket_capture::{Drops, EventTx, Shutdown, SourceStatus, shutdown_pair};
+use picket_capture::{CaptureError, Drops, EventTx, Shutdown, SourceStatus, shutdown_pair};
 use picket_event::{Event, EventKind, Health, Timestamp, severity};
 use picket_journal::{Journal, JournalOptions, JournalStats};
 use picket_policy::{ActionRequest, Decision, Engine, PolicySet, StateLimits, alert_event};
@@ -236,26 +236,16 @@ fn spawn_sources(
     if s.file.enabled {
         // Events carry absolute, clean paths (`/srv/x`, not `./x` or `/srv/./x`), whatever the config said.
         let paths = s.file.paths.iter().map(|p| absolute_clean(p)).collect();
-        let src = FileSource::new(paths);
         let out = EventTx::new(FileSource::NAME, tx.clone(), drops.clone());
-        let (status, shutdown) = (status.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            if let Err(e) = src.run(out, status.clone(), shutdown).await {
-                status.set(FileSource::NAME, format!("failed: {e}"));
-            }
-        });
+        let run = FileSource::new(paths).run(out, status.clone(), shutdown.clone());
+        spawn_source(FileSource::NAME, status, run);
     } else {
         status.set(FileSource::NAME, "disabled");
     }
     if s.auth.enabled {
         let src = AuthSource::new(s.auth.files.clone(), settings.agent.data_dir.join(AUTH_OFFSETS_FILE));
         let out = EventTx::new(AuthSource::NAME, tx.clone(), drops.clone());
-        let (status, shutdown) = (status.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            if let Err(e) = src.run(out, status.clone(), shutdown).await {
-                status.set(AuthSource::NAME, format!("failed: {e}"));
-            }
-        });
+        spawn_source(AuthSource::NAME, status, src.run(out, status.clone(), shutdown.clone()));
     } else {
         status.set(AuthSource::NAME, "disabled");
     }
@@ -263,6 +253,21 @@ fn spawn_sources(
     for (name, enabled) in [("process", s.process.enabled), ("network", s.network.enabled)] {
         status.set(name, if enabled { "unavailable: not in this build yet" } else { "disabled" });
     }
+}
+
+/// Run a source as its own task; a source that ends with an error shows as `failed: ...` in
+/// status and health (it does not take the agent down).
+fn spawn_source(
+    name: &'static str,
+    status: &SourceStatus,
+    run: impl std::future::Future<Output = Result<(), CaptureError>> + Send + 'static,
+) {
+    let status = status.clone();
+    tokio::spawn(async move {
+        if let Err(e) = run.await {
+            status.set(name, format!("failed: {e}"));
+        }
+    });
 }
 
 /// `p` made absolute against the working directory, with `.` components removed. `..` is kept:
