@@ -5,10 +5,18 @@
 # What needs what:
 #   gcc, libc6-dev, pkg-config   rusqlite's bundled SQLite is C
 #   procps                        `ps`/`kill` used by the end-to-end tests
-# Later capabilities add theirs here (libpcap-dev, mosquitto, nftables, openssh-server, rsyslog, ...).
+#   iproute2                      `ip netns` for the test network namespaces
+#   openssl                       test CA, broker and client certificates
+#   mosquitto                     the real MQTT broker the uplink and collector tests start on a free port
+#   nftables                      block_ip / isolate_host, only inside test network namespaces
+#   openssh-server, rsyslog,      the real sshd + syslog + brute-force lab (inside namespaces)
+#   sshpass
+#   fail2ban, sshguard            peers measured side by side in the benchmarks
+#   passwd, login                 useradd/usermod for lock_account tests (a user the test adds)
 set -euo pipefail
 
-PACKAGES=(gcc libc6-dev pkg-config procps)
+PACKAGES=(gcc libc6-dev pkg-config procps iproute2 openssl mosquitto nftables openssh-server rsyslog sshpass
+  fail2ban sshguard passwd login)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -26,5 +34,14 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 echo "test-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Packages such as fail2ban, sshguard, sshd and mosquitto must not start as host services: the tests
+# start their own copies inside namespaces or on free ports. policy-rc.d 101 = "do not start".
+guard=""
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+  $SUDO chmod 755 /usr/sbin/policy-rc.d
+  guard=/usr/sbin/policy-rc.d
+fi
+trap '[ -n "$guard" ] && $SUDO rm -f "$guard"' EXIT
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

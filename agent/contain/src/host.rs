@@ -1,0 +1,1 @@
+//! Host containment: kill, quarantine, lock_account, deny_exec.

@@ -1,0 +1,1 @@
+//! picket-uplink: the agent side sender and the SOC collector.
