@@ -60,6 +60,10 @@ pub enum JournalError {
         source: serde_json::Error,
     },
 
+    /// The uplink's seal function refused a batch (nothing was written).
+    #[error("journal {}: sealing a batch failed: {reason}", path.display())]
+    Seal { path: PathBuf, reason: String },
+
     /// The `export` callback failed (for example a closed pipe); the export stopped there.
     #[error("journal {}: export output failed: {source}", path.display())]
     Output {
@@ -81,7 +85,8 @@ impl JournalError {
             | JournalError::Sqlite { path, .. }
             | JournalError::Io { path, .. }
             | JournalError::Serialize { path, .. }
-            | JournalError::Output { path, .. } => path,
+            | JournalError::Output { path, .. }
+            | JournalError::Seal { path, .. } => path,
         }
     }
 

@@ -88,9 +88,11 @@ use rusqlite::{CachedStatement, Connection, OpenFlags, Transaction, TransactionB
 
 mod check;
 mod error;
+mod outbox;
 mod schema;
 
 pub use error::JournalError;
+pub use outbox::{BatchDraft, OutboxBatch, OutboxState, SealLimits, Sealed};
 pub use schema::SCHEMA_VERSION;
 
 use check::Existing;
@@ -195,9 +197,10 @@ pub struct JournalStats {
     pub last_seq: u64,
     /// Events evicted since the journal was created.
     pub evicted_total: u64,
-    /// Everything through this seq was acknowledged upstream.
+    /// Every event through this seq was delivered upstream (some later ones may be too: the
+    /// keep-class lane goes first, see the outbox).
     pub acked_seq: u64,
-    /// Events stored with seq > `acked_seq`.
+    /// Events not yet delivered upstream (unsealed, or sealed and waiting in the outbox).
     pub backlog: u64,
     /// Events stored, by dotted kind name. Empty from [`Journal::summary`].
     pub by_kind: BTreeMap<String, u64>,
@@ -245,6 +248,10 @@ struct Counters {
     routine_count: u64,
     backlog: u64,
     evicted_total: u64,
+    /// The outbox lanes' sealed cursors (read only here): evicting an event after its lane's
+    /// cursor takes it out of the backlog; one before it is still counted by its batch.
+    sealed_keep: u64,
+    sealed_routine: u64,
 }
 
 impl Counters {
@@ -329,6 +336,13 @@ impl Journal {
         ))
         .map_err(sql("configure"))?;
         schema::migrate(&mut conn, path)?;
+        {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("begin stream id"))?;
+            outbox::ensure_stream_id(&tx, path)?;
+            tx.commit().map_err(sql("commit stream id"))?;
+        }
 
         let mut w = Writer {
             conn,
@@ -535,16 +549,6 @@ impl Journal {
         }
     }
 
-    /// Record that everything through `seq` was acknowledged upstream. Monotonic: a lower value
-    /// than the current one is ignored; a value above [`Journal::last_seq`] is clamped to it.
-    pub fn set_acked(&mut self, seq: u64) -> Result<(), JournalError> {
-        let path = &self.path;
-        let Mode::Writer(w) = &mut self.mode else {
-            return Err(JournalError::ReadOnly { path: path.clone(), op: "set acked seq" });
-        };
-        w.set_acked(seq).map_err(|e| JournalError::sqlite(path, "set acked seq", e))
-    }
-
     /// The journal file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -595,26 +599,6 @@ impl Writer {
             self.sync_full = full;
         }
         Ok(())
-    }
-
-    /// Normal durability: an ack lost to a power cut means a resend, which the collector
-    /// deduplicates.
-    fn set_acked(&mut self, seq: u64) -> rusqlite::Result<()> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let c = read_counters(&tx)?;
-        let new = seq.min(c.last_seq);
-        if new <= c.acked_seq {
-            return Ok(());
-        }
-        // The backlog shrinks by what is stored in (old, new]: a range scan the size of the ack.
-        let acked: i64 = tx.query_row(
-            "SELECT count(*) FROM events WHERE seq > ?1 AND seq <= ?2",
-            [int(c.acked_seq)?, int(new)?],
-            |r| r.get(0),
-        )?;
-        let backlog = c.backlog.saturating_sub(u64::try_from(acked).unwrap_or(0));
-        tx.execute("UPDATE meta SET acked_seq = ?1, backlog = ?2 WHERE id = 1", [int(new)?, int(backlog)?])?;
-        tx.commit()
     }
 
     fn append(&mut self, path: &Path, events: &mut [Event]) -> Result<Appended, JournalError> {
@@ -709,7 +693,8 @@ fn evict(
         // Routine first; keep-class only when no routine row is left. Known from the counter,
         // so a journal of only alerts is not scanned end to end looking for routine rows.
         let class = if c.routine_count > 0 { Retention::Routine } else { Retention::Keep };
-        let Some(round) = evict_oldest(tx, class, need, c.acked_seq).map_err(sql("evict"))? else {
+        let sealed = if class == Retention::Routine { c.sealed_routine } else { c.sealed_keep };
+        let Some(round) = evict_oldest(tx, class, need, sealed).map_err(sql("evict"))? else {
             break; // nothing left at all
         };
         c.logical_bytes = c.logical_bytes.saturating_sub(round.bytes);
@@ -742,7 +727,7 @@ fn evict_oldest(
     tx: &Transaction<'_>,
     class: Retention,
     need: u64,
-    acked_seq: u64,
+    sealed_seq: u64,
 ) -> rusqlite::Result<Option<Evicted>> {
     let code = retention_code(class);
     let mut round: Option<Evicted> = None;
@@ -765,7 +750,7 @@ fn evict_oldest(
             r.last_seq = seq;
             r.count += 1;
             r.bytes += bytes;
-            if seq > acked_seq {
+            if seq > sealed_seq {
                 r.unacked += 1;
             }
             if r.bytes >= need {
@@ -803,7 +788,8 @@ fn gap_event(host_id: &str, ts: Timestamp, r: Evicted) -> Event {
 
 fn read_counters(tx: &Transaction<'_>) -> rusqlite::Result<Counters> {
     tx.prepare_cached(
-        "SELECT last_seq, acked_seq, logical_bytes, event_count, routine_count, backlog, evicted_total
+        "SELECT last_seq, acked_seq, logical_bytes, event_count, routine_count, backlog, evicted_total,
+                sealed_keep_seq, sealed_routine_seq
          FROM meta WHERE id = 1",
     )?
     .query_row([], |r| {
@@ -815,6 +801,8 @@ fn read_counters(tx: &Transaction<'_>) -> rusqlite::Result<Counters> {
             routine_count: get_u64(r, 4)?,
             backlog: get_u64(r, 5)?,
             evicted_total: get_u64(r, 6)?,
+            sealed_keep: get_u64(r, 7)?,
+            sealed_routine: get_u64(r, 8)?,
         })
     })
 }

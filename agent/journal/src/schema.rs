@@ -15,12 +15,12 @@ use crate::JournalError;
 pub(crate) const APPLICATION_ID: i64 = 0x7069_636b;
 
 /// The newest schema version this build reads and writes (= `MIGRATIONS.len()`).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 type Migration = fn(&Transaction<'_>) -> rusqlite::Result<()>;
 
 /// `MIGRATIONS[i]` takes a file from user_version `i` to `i + 1`.
-const MIGRATIONS: &[Migration] = &[v1_initial];
+const MIGRATIONS: &[Migration] = &[v1_initial, v2_outbox];
 
 /// v1: events keyed by seq, with the columns eviction and stats need beside the stored JSON, and
 /// one `meta` row with the counters (some must survive eviction of every event, the others save
@@ -61,6 +61,37 @@ fn v1_initial(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             max_bytes     INTEGER NOT NULL   -- cap the last writer ran with (for stats)
         );
         INSERT INTO meta VALUES (1, 0, 0, 0, 0, 0, 0, 0, 0, 0);",
+    )
+}
+
+/// v2: the uplink's outbox. Events are sealed into signed batches in two lanes (keep-class first,
+/// then routine), each lane with a cursor ("every event of this class through seq N is sealed");
+/// sealed batches wait in `outbox` with their exact wire bytes until delivered, so a resend is
+/// byte-identical and a crash between sealing and sending changes nothing.
+fn v2_outbox(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "ALTER TABLE meta ADD COLUMN sealed_keep_seq INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE meta ADD COLUMN sealed_routine_seq INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE meta ADD COLUMN next_batch_seq INTEGER NOT NULL DEFAULT 1;
+        ALTER TABLE meta ADD COLUMN delivered_batch_seq INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE meta ADD COLUMN head_hash BLOB;          -- hash of the last sealed batch
+        ALTER TABLE meta ADD COLUMN stream_id BLOB;          -- 16 random bytes, new with each journal
+        -- What a v1 agent acknowledged counts as sealed and delivered.
+        UPDATE meta SET sealed_keep_seq = acked_seq, sealed_routine_seq = acked_seq;
+
+        -- Sealed, not yet delivered. A handful of rows (the uplink's window), each holding the
+        -- exact signed bytes that were (or will be) published.
+        CREATE TABLE outbox (
+            batch_seq     INTEGER PRIMARY KEY,
+            priority      INTEGER NOT NULL,   -- 1: keep-class lane (alerts, actions, gaps)
+            first_seq     INTEGER NOT NULL,
+            last_seq      INTEGER NOT NULL,
+            count         INTEGER NOT NULL,
+            cursor_before INTEGER NOT NULL,   -- the lane's sealed cursor before / after this batch
+            cursor_after  INTEGER NOT NULL,
+            hash          BLOB    NOT NULL,
+            wire          BLOB    NOT NULL
+        );",
     )
 }
 

@@ -90,7 +90,7 @@ fn seq_is_never_reused_even_when_the_newest_rows_are_gone() {
 }
 
 #[test]
-fn open_creates_parent_directories_and_a_wal_journal_at_schema_version_1() {
+fn open_creates_parent_directories_and_a_wal_journal_at_the_current_schema_version() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a/b/c/journal.db");
     drop(open(&path));
@@ -98,8 +98,8 @@ fn open_creates_parent_directories_and_a_wal_journal_at_schema_version_1() {
     let raw = Connection::open(&path).unwrap();
     let version: i64 = raw.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
     let mode: String = raw.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
-    assert_eq!((version, mode.as_str()), (1, "wal"));
-    assert_eq!(picket_journal::SCHEMA_VERSION, 1);
+    assert_eq!((version, mode.as_str()), (2, "wal"));
+    assert_eq!(picket_journal::SCHEMA_VERSION, 2);
 }
 
 #[test]
@@ -115,7 +115,9 @@ fn a_file_from_a_newer_schema_is_refused_with_too_new_and_left_untouched() {
 
     for result in [Journal::open(&path, JournalOptions::new(HOST)), Journal::open_read_only(&path)] {
         match result {
-            Err(JournalError::TooNew { path: p, found: 7, supported: 1 }) => assert_eq!(p, path),
+            Err(JournalError::TooNew { path: p, found: 7, supported }) => {
+                assert_eq!((p, supported), (path.clone(), picket_journal::SCHEMA_VERSION))
+            }
             other => panic!("expected TooNew, got {other:?}"),
         }
     }
@@ -375,7 +377,7 @@ fn a_read_only_handle_refuses_to_write() {
     drop(open(&path));
     let mut r = Journal::open_read_only(&path).unwrap();
     assert!(matches!(r.append(&mut [process_start(0)]), Err(JournalError::ReadOnly { .. })));
-    assert!(matches!(r.set_acked(1), Err(JournalError::ReadOnly { .. })));
+    assert!(matches!(r.mark_delivered(1), Err(JournalError::ReadOnly { .. })));
     assert!(matches!(r.sync(), Err(JournalError::ReadOnly { .. })));
 }
 
@@ -443,46 +445,37 @@ fn export_stops_at_the_first_output_error_and_reports_it_with_the_path() {
 }
 
 #[test]
-fn acked_seq_only_moves_forward_and_backlog_counts_what_is_not_acked() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("j.db");
-    let mut j = open(&path);
-    j.append(&mut (0..10).map(process_start).collect::<Vec<_>>()).unwrap();
-    j.append(&mut [alert(10)]).unwrap();
-    assert_eq!((j.stats().unwrap().acked_seq, j.stats().unwrap().backlog), (0, 11));
-    j.set_acked(6).unwrap();
-    j.set_acked(3).unwrap(); // ignored
-    let s = j.summary().unwrap();
-    assert_eq!((s.acked_seq, s.backlog), (6, 5));
-    j.set_acked(1_000).unwrap(); // clamped to last_seq
-    drop(j);
-    let s = Journal::open_read_only(&path).unwrap().stats().unwrap();
-    assert_eq!((s.acked_seq, s.backlog), (11, 0));
-    let mut j = open(&path);
-    j.append(&mut [process_start(11), process_start(12)]).unwrap();
-    assert_eq!((j.summary().unwrap().acked_seq, j.summary().unwrap().backlog), (11, 2));
-}
-
-#[test]
 fn stats_count_events_by_kind_and_the_running_totals_match_the_rows() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.db");
     let mut j = open_capped(&path, 128 * 1024);
     let (mut written, _) = fill(&mut j, 800, 64);
-    // An ack in the middle of what will be evicted next, so eviction must take some acked and
-    // some unacked rows out of the backlog.
-    let acked = exported(&j, 0)[100].seq;
-    j.set_acked(acked).unwrap();
+    // Deliver a few batches from the middle of what will be evicted next, so eviction must take
+    // some delivered and some undelivered rows out of the backlog.
+    let mut delivered = BTreeSet::new();
+    let limits = picket_journal::SealLimits { max_events: 40, max_bytes: 1 << 20 };
+    let mut last_batch = 0;
+    for _ in 0..4 {
+        let b = j
+            .seal_next(limits, |d| {
+                delivered.extend(d.lines.iter().map(|l| serde_json::from_str::<Event>(l).unwrap().seq));
+                Ok(picket_journal::Sealed { hash: [7; 32], wire: vec![1] })
+            })
+            .unwrap()
+            .unwrap();
+        last_batch = b.batch_seq;
+    }
+    j.mark_delivered(last_batch).unwrap();
     written.extend(fill(&mut j, 700, 64).0);
     let s = j.stats().unwrap();
     let oldest_routine =
         exported(&j, 0).into_iter().find(|e| e.kind.retention() == Retention::Routine).unwrap();
-    assert!(oldest_routine.seq > acked + 1, "the test evicted past the ack");
+    assert!(oldest_routine.seq > *delivered.last().unwrap() + 1, "the test evicted past the delivery");
+    let stored: Vec<u64> = exported(&j, 0).iter().map(|e| e.seq).collect();
     drop(j);
     let raw = Connection::open(&path).unwrap();
     let count = |sql: &str| u64::try_from(raw.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap()).unwrap();
-    assert_eq!(s.acked_seq, acked);
-    assert_eq!(s.backlog, count(&format!("SELECT count(*) FROM events WHERE seq > {acked}")));
+    assert_eq!(s.backlog, stored.iter().filter(|q| !delivered.contains(q)).count() as u64);
     let (rows, sum): (u64, u64) = raw
         .query_row(
             "SELECT count(*), sum(bytes), sum(length(CAST(json AS BLOB)) = bytes) FROM events",
