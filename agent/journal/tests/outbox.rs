@@ -1,4 +1,5 @@
 //! The uplink's outbox: sealing, lanes, delivery, restarts, and a model-based property test.
+#![allow(clippy::cast_possible_wrap, clippy::cast_possible_truncation)]
 
 mod common;
 
