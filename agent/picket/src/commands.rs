@@ -147,3 +147,20 @@ fn human_bytes(n: u64) -> String {
     }
     if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
 }
+
+/// `picket identity`: the device id, and the signing key (created on first use, mode 0600).
+pub fn identity(data_dir: &Path, configured_id: &str, export: bool) -> anyhow::Result<ExitCode> {
+    let device_id = crate::device::resolve(configured_id, data_dir)?;
+    let id = picket_wire::Identity::load_or_create(data_dir, picket_wire::DEVICE_KEY_FILE, &device_id)
+        .context("device signing key")?;
+    if export {
+        print!("{}", id.public_key_line());
+    } else {
+        println!("device id:  {}", id.id());
+        println!("key id:     {}", id.key_id());
+        println!("public key: {}", id.public_key().to_base64());
+        println!("key file:   {}", data_dir.join(picket_wire::DEVICE_KEY_FILE).display());
+        println!("enrol with: picket identity --export > <device_keys_dir>/{}.pub", id.id());
+    }
+    Ok(ExitCode::SUCCESS)
+}

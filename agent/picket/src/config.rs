@@ -158,6 +158,12 @@ struct UplinkConfig {
     cert_file: String,
     key_file: String,
     topic_prefix: String,
+    ack: String,
+    collector_key_file: String,
+    batch_max_events: i128,
+    batch_max_bytes: i128,
+    max_bytes_per_sec: i128,
+    backoff_max_secs: i128,
 }
 
 #[derive(Debug, Deserialize)]
@@ -296,6 +302,25 @@ pub struct UplinkSettings {
     pub key_file: Option<PathBuf>,
     /// Non-empty topic levels, no wildcards, no leading or trailing `/`.
     pub topic_prefix: String,
+    /// When a batch counts as delivered.
+    pub ack: UplinkAck,
+    /// At most this many events per batch (1-65536).
+    pub batch_max_events: usize,
+    /// At most about this many bytes of events per batch (4 KiB - 16 MiB).
+    pub batch_max_bytes: usize,
+    /// Publishing budget in bytes per second; 0 = no limit.
+    pub max_bytes_per_sec: u64,
+    /// Longest wait between reconnect attempts.
+    pub backoff_max: Duration,
+}
+
+/// `uplink.ack`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UplinkAck {
+    /// The broker's PUBACK.
+    Broker,
+    /// The collector's signed acknowledgement, checked with the public key in this file.
+    Collector(PathBuf),
 }
 
 /// `[journal]`
@@ -871,6 +896,36 @@ impl Check<'_, '_> {
         let ca_file = self.tls_file("uplink.ca_file", &uplink.ca_file, needs_tls_files);
         let cert_file = self.tls_file("uplink.cert_file", &uplink.cert_file, needs_tls_files);
         let key_file = self.tls_file("uplink.key_file", &uplink.key_file, needs_tls_files);
+        let ack = match uplink.ack.as_str() {
+            "broker" => Some(UplinkAck::Broker),
+            "collector" => {
+                if uplink.collector_key_file.is_empty() {
+                    self.error(
+                        "uplink.collector_key_file",
+                        None,
+                        "required with ack = \"collector\": the collector's public key \
+                         (`picket collect --config FILE --export-key`)"
+                            .into(),
+                    );
+                    None
+                } else {
+                    self.path("uplink.collector_key_file", None, &uplink.collector_key_file)
+                        .map(UplinkAck::Collector)
+                }
+            }
+            other => {
+                self.error(
+                    "uplink.ack",
+                    None,
+                    format!("invalid value {}; allowed values: \"broker\", \"collector\"", quote(other)),
+                );
+                None
+            }
+        };
+        let batch_max_events = self.int_in("uplink.batch_max_events", uplink.batch_max_events, 1, 65_536);
+        let batch_max_bytes = self.int_in("uplink.batch_max_bytes", uplink.batch_max_bytes, 4096, 16 << 20);
+        let max_bytes_per_sec = self.int_in("uplink.max_bytes_per_sec", uplink.max_bytes_per_sec, 0, 1 << 40);
+        let backoff_max_secs = self.int_in("uplink.backoff_max_secs", uplink.backoff_max_secs, 1, 86_400);
 
         let got = journal.max_bytes;
         let max_bytes = if got < i128::from(MIN_JOURNAL_BYTES) {
@@ -916,6 +971,11 @@ impl Check<'_, '_> {
                 cert_file: cert_file?,
                 key_file: key_file?,
                 topic_prefix: uplink.topic_prefix,
+                ack: ack?,
+                batch_max_events: usize::try_from(batch_max_events?).ok()?,
+                batch_max_bytes: usize::try_from(batch_max_bytes?).ok()?,
+                max_bytes_per_sec: max_bytes_per_sec?,
+                backoff_max: Duration::from_secs(backoff_max_secs?),
             },
             journal: JournalSettings { max_bytes: max_bytes? },
         })
@@ -958,6 +1018,17 @@ impl Check<'_, '_> {
             return Some(None);
         }
         self.path(key, None, text).map(Some)
+    }
+
+    /// An integer in `lo..=hi`.
+    fn int_in(&mut self, key: &str, got: i128, lo: u64, hi: u64) -> Option<u64> {
+        match u64::try_from(got) {
+            Ok(n) if (lo..=hi).contains(&n) => Some(n),
+            _ => {
+                self.error(key, None, format!("must be between {lo} and {hi}, got {got}"));
+                None
+            }
+        }
     }
 
     fn interval(&mut self, key: &str, secs: i128) -> Option<Duration> {

@@ -77,6 +77,9 @@ pub struct StatusFile {
     /// How often the agent rewrites this file.
     pub status_interval_secs: u64,
     pub health: Health,
+    /// The uplink's state, when it is enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<picket_uplink::sender::UplinkStatus>,
 }
 
 pub fn status_path(data_dir: &Path) -> PathBuf {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod collect;
 mod commands;
 mod config;
 mod device;
@@ -52,10 +53,13 @@ enum Command {
     /// Inspect the local journal.
     #[command(subcommand)]
     Journal(JournalCommand),
-    /// Print the device id and public key. [not in this build yet]
+    /// Print the device id and public key (creates the signing key on first use).
     Identity {
         #[command(flatten)]
         loc: DataLocation,
+        /// Print only the public key line, the form the collector's device_keys_dir takes.
+        #[arg(long)]
+        export: bool,
     },
     /// Containment state: what is in force, and undo. [not in this build yet]
     #[command(subcommand)]
@@ -65,10 +69,13 @@ enum Command {
         #[command(flatten)]
         loc: DataLocation,
     },
-    /// SOC side: subscribe, verify, dedup, write verified NDJSON. [not in this build yet]
+    /// SOC side: subscribe, verify, dedup, write verified NDJSON, report anomalies.
     Collect {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Print the collector's public key line (for the devices' uplink.collector_key_file) and exit.
+        #[arg(long)]
+        export_key: bool,
     },
 }
 
@@ -178,13 +185,26 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Replay { format: ReplayFormat::Pcap, .. } => {
             Ok(commands::not_yet("replay --format pcap", "packet decoding"))
         }
-        Command::Identity { .. } => Ok(commands::not_yet("identity", "device identity and signing")),
+        Command::Identity { loc, export } => {
+            let (data_dir, device_id) = loc.data_dir_and_device_id()?;
+            commands::identity(&data_dir, &device_id, export)
+        }
         Command::Actions(_) => Ok(commands::not_yet("actions", "containment actions")),
-        Command::Collect { .. } => Ok(commands::not_yet("collect", "the SOC collector")),
+        Command::Collect { config, export_key } => collect::run(&config, export_key),
     }
 }
 
 impl DataLocation {
+    /// The data dir and `agent.device_id` (empty without --config: derived).
+    fn data_dir_and_device_id(&self) -> anyhow::Result<(PathBuf, String)> {
+        let settings = match &self.config {
+            Some(f) => config::load_file(f).map_err(|e| anyhow::anyhow!("{e}"))?,
+            None => config::default_settings(),
+        };
+        let dir = self.data_dir.clone().unwrap_or(settings.agent.data_dir);
+        Ok((dir, settings.agent.device_id))
+    }
+
     fn data_dir(&self) -> anyhow::Result<PathBuf> {
         if let Some(d) = &self.data_dir {
             return Ok(d.clone());

@@ -5,6 +5,7 @@
 //! sources ──(SOURCE_QUEUE)──> pipeline ──(JOURNAL_QUEUE)──> journal thread ──(LIVE_QUEUE)──> live view
 //!   drop + count when full     host.id, (policy)   waits       group commit      drop + count
 //! health ──────────────────────────────────────────> journal (agent.health) ; status.json
+//! uplink <── wake (last seq) ── journal thread ;  uplink ── own journal connection: outbox ──> MQTT
 //! ```
 //!
 //! Shutdown (SIGINT/SIGTERM): sources stop and drop their senders; the pipeline drains and ends;
@@ -25,9 +26,11 @@ use picket_capture::{CaptureError, Drops, EventTx, Shutdown, SourceStatus, shutd
 use picket_event::{Event, EventKind, Health, Timestamp, severity};
 use picket_journal::{Journal, JournalOptions, JournalStats};
 use picket_policy::{ActionRequest, Decision, Engine, PolicySet, StateLimits, alert_event};
-use tokio::sync::{mpsc, oneshot};
+use picket_uplink::sender::{self, AckMode, SenderConfig, SharedStatus};
+use picket_wire::Identity;
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::{self, Settings};
+use crate::config::{self, Settings, UplinkAck};
 use crate::health::{ProcSampler, StatusFile};
 use crate::{device, liveview, policy};
 
@@ -53,6 +56,8 @@ pub struct JournalCounters {
     pub journaled: AtomicU64,
     pub last_seq: AtomicU64,
     pub write_errors: AtomicU64,
+    /// The last seq committed, for tasks that wait for new events (the uplink).
+    pub appended: watch::Sender<u64>,
 }
 
 enum JournalCmd {
@@ -83,6 +88,16 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         }
     }
     let device_id = device::resolve(&settings.agent.device_id, data_dir)?;
+    // The signing key exists before the first event is journaled, so `picket identity` on a
+    // running device shows the key its batches are signed with.
+    let identity = if settings.uplink.enabled {
+        Some(Arc::new(
+            Identity::load_or_create(data_dir, picket_wire::DEVICE_KEY_FILE, &device_id)
+                .context("device signing key")?,
+        ))
+    } else {
+        None
+    };
     let policies = match policy::load_for_agent(&settings.policies.paths) {
         Ok((set, warnings)) => {
             for w in warnings {
@@ -113,7 +128,7 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(agent(settings, journal, device_id, policies))
+    rt.block_on(agent(settings, journal, device_id, policies, identity))
 }
 
 async fn agent(
@@ -121,6 +136,7 @@ async fn agent(
     journal: Journal,
     device_id: String,
     policies: PolicySet,
+    identity: Option<Arc<Identity>>,
 ) -> anyhow::Result<ExitCode> {
     let started = Timestamp::now();
     let drops = Drops::default();
@@ -132,6 +148,27 @@ async fn agent(
     let (source_tx, source_rx) = mpsc::channel::<Event>(SOURCE_QUEUE);
     let (journal_tx, journal_rx) = mpsc::channel::<JournalCmd>(JOURNAL_QUEUE);
     let (live_tx, live_rx) = mpsc::channel::<Event>(LIVE_QUEUE);
+    counters.appended.send_replace(journal.last_seq());
+    let uplink_status: Option<SharedStatus> = identity.as_ref().map(|_| SharedStatus::default());
+    let uplink = identity.map(|identity| {
+        let cfg = uplink_config(&settings, identity);
+        let mut stop = shutdown.clone();
+        println!(
+            "uplink: {} as {}, ack on {}",
+            cfg.endpoint.url(),
+            device_id,
+            match cfg.ack {
+                AckMode::Broker => "broker PUBACK",
+                AckMode::Collector(_) => "collector acknowledgement",
+            }
+        );
+        tokio::spawn(sender::run(
+            cfg,
+            uplink_status.clone().unwrap_or_default(),
+            counters.appended.subscribe(),
+            async move { stop.wait().await },
+        ))
+    });
 
     let journal_thread = {
         let counters = counters.clone();
@@ -185,6 +222,7 @@ async fn agent(
         drops: drops.clone(),
         sources: sources.clone(),
         source_depth,
+        uplink: uplink_status,
         shutdown: shutdown.clone(),
     }));
 
@@ -194,6 +232,9 @@ async fn agent(
 
     let clean = tokio::time::timeout(SHUTDOWN_DEADLINE - Duration::from_millis(500), async {
         let _ = pipeline.await;
+        if let Some(u) = uplink {
+            let _ = u.await;
+        }
         let last_status = health.await.ok().flatten();
         let _ = tokio::task::spawn_blocking(move || journal_thread.join()).await;
         let _ = live.await;
@@ -223,6 +264,53 @@ async fn agent(
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// The uplink's settings from `[uplink]`.
+fn uplink_config(settings: &Settings, identity: Arc<Identity>) -> SenderConfig {
+    let u = &settings.uplink;
+    let endpoint = picket_uplink::Endpoint {
+        tls: u.broker.tls,
+        host: u.broker.host.clone(),
+        port: u.broker.port,
+        ca_file: u.ca_file.clone(),
+        cert_file: u.cert_file.clone(),
+        key_file: u.key_file.clone(),
+    };
+    let mut cfg = SenderConfig::new(
+        endpoint,
+        u.topic_prefix.clone(),
+        settings.journal_path(),
+        JournalOptions { max_bytes: settings.journal.max_bytes, host_id: identity.id().to_owned() },
+        identity,
+    );
+    cfg.ack = match &u.ack {
+        UplinkAck::Broker => AckMode::Broker,
+        UplinkAck::Collector(path) => match read_collector_key(path) {
+            Ok(key) => AckMode::Collector(key),
+            Err(e) => {
+                // Checked again at startup below; here the config was valid but the file is not.
+                eprintln!("picket: uplink: {e}; falling back to broker acknowledgements");
+                AckMode::Broker
+            }
+        },
+    };
+    cfg.limits = picket_journal::SealLimits { max_events: u.batch_max_events, max_bytes: u.batch_max_bytes };
+    cfg.max_bytes_per_sec = u.max_bytes_per_sec;
+    cfg.backoff_max = u.backoff_max;
+    cfg
+}
+
+/// The collector's public key from a `picket collect --export-key` line.
+pub fn read_collector_key(path: &Path) -> anyhow::Result<picket_wire::PublicKey> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .with_context(|| format!("{}: no key line", path.display()))?;
+    let (_, key) = picket_wire::Keyring::parse_line(line).with_context(|| format!("{}", path.display()))?;
+    Ok(key)
 }
 
 fn spawn_sources(
@@ -486,6 +574,7 @@ fn commit(
             let n = u64::try_from(batch.len() + appended.gaps.len()).unwrap_or(u64::MAX);
             counters.journaled.fetch_add(n, Ordering::Relaxed);
             counters.last_seq.store(journal.last_seq(), Ordering::Relaxed);
+            counters.appended.send_replace(journal.last_seq());
             for ev in batch.drain(..).chain(appended.gaps) {
                 if ev.kind != EventKind::AgentHealth {
                     liveview::offer(live, ev);
@@ -511,6 +600,7 @@ struct HealthCtx {
     drops: Drops,
     sources: SourceStatus,
     source_depth: mpsc::WeakSender<Event>,
+    uplink: Option<SharedStatus>,
     shutdown: Shutdown,
 }
 
@@ -587,6 +677,7 @@ async fn health_loop(mut ctx: HealthCtx) -> Option<StatusFile> {
             mode: ctx.settings.agent.mode.to_string(),
             status_interval_secs: ctx.settings.agent.status_interval.as_secs(),
             health,
+            uplink: ctx.uplink.as_ref().and_then(|u| u.lock().ok().map(|s| s.clone())),
         };
         if let Err(e) = status.write(&ctx.settings.agent.data_dir) {
             eprintln!("picket: warning: {e:#}");

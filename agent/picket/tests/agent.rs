@@ -369,12 +369,7 @@ fn every_contract_command_is_listed_and_unbuilt_ones_say_so_plainly() {
     for cmd in ["run", "config", "policy", "replay", "journal", "identity", "actions", "status", "collect"] {
         assert!(help.contains(&format!("  {cmd} ")), "--help lacks {cmd}:\n{help}");
     }
-    for args in [
-        vec!["replay", "--format", "pcap", "-"],
-        vec!["identity"],
-        vec!["actions", "list"],
-        vec!["collect", "--config", "x.toml"],
-    ] {
+    for args in [vec!["replay", "--format", "pcap", "-"], vec!["actions", "list"]] {
         let out = picket(&args);
         assert_eq!(out.status.code(), Some(69), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("not in this build"), "{args:?}");
