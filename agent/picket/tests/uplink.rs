@@ -5,13 +5,13 @@
 //! prints a loud SKIPPED line and returns.
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use picket_event::{Event, EventKind, Timestamp};
 use picket_journal::{Journal, JournalOptions};
+use picket_uplink::testkit::{Broker, make_pki, run};
 
 const PICKET: &str = env!("CARGO_BIN_EXE_picket");
 const PREFIX: &str = "picket/v1/test";
@@ -29,141 +29,6 @@ fn skip_without_tools() -> bool {
         }
     }
     false
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A CA, a broker certificate for 127.0.0.1/localhost, client certificates for the agent and the
-/// collector, and a rogue client certificate signed by nobody the broker trusts.
-fn make_pki(dir: &Path) {
-    let ossl = |args: &[&str]| run(Command::new("openssl").args(args).current_dir(dir));
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    ossl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=picket-test-ca"],
-        ]
-        .concat(),
-    );
-    let leaf = |name: &str, ext: &str| {
-        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        ossl(
-            &[
-                &["req"][..],
-                &ec,
-                &[
-                    "-keyout",
-                    &format!("{name}.key"),
-                    "-out",
-                    &format!("{name}.csr"),
-                    "-subj",
-                    &format!("/CN={name}"),
-                ],
-            ]
-            .concat(),
-        );
-        ossl(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &format!("{name}.crt"),
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-        ]);
-    };
-    leaf("server", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
-    leaf("agent", "extendedKeyUsage=clientAuth\n");
-    leaf("collector", "extendedKeyUsage=clientAuth\n");
-    ossl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &["-keyout", "rogue.key", "-out", "rogue.crt", "-days", "2", "-subj", "/CN=rogue"],
-        ]
-        .concat(),
-    );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A mosquitto of our own: TLS only, client certificates required, persistence on.
-struct Broker {
-    dir: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Broker {
-    fn new(dir: &Path) -> Broker {
-        let port = free_port();
-        std::fs::create_dir_all(dir.join("mq")).unwrap();
-        let d = dir.display();
-        std::fs::write(
-            dir.join("mosquitto.conf"),
-            format!(
-                "user root\nallow_anonymous true\npersistence true\npersistence_location {d}/mq/\n\
-                 autosave_interval 1\nlog_dest file {d}/mq/mosquitto.log\nlog_type error\nlog_type warning\n\
-                 log_type notice\nmax_queued_messages 100000\nmax_packet_size 8388608\n\
-                 listener {port} 127.0.0.1\ncafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\n\
-                 require_certificate true\n"
-            ),
-        )
-        .unwrap();
-        let mut b = Broker { dir: dir.to_owned(), port, child: None };
-        b.start();
-        b
-    }
-
-    fn start(&mut self) {
-        let child = Command::new("mosquitto")
-            .args(["-c", self.dir.join("mosquitto.conf").to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start mosquitto");
-        self.child = Some(child);
-        let t = Instant::now();
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(10), "mosquitto did not listen on {}", self.port);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM (mosquitto saves its persistence file) and wait.
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("mqtts://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// A child process killed on drop.
@@ -619,4 +484,49 @@ fn forged_replayed_unknown_and_gapped_batches_are_rejected_and_reported() {
     assert_exactly_once_in_lane_order(&lab.collected(), &lab.journaled());
     let status = std::fs::read_to_string(lab.p("collect/collector-status.json")).unwrap();
     assert!(status.contains("unknown_key"), "{status}");
+}
+
+#[test]
+fn in_end_to_end_mode_only_the_collectors_signed_ack_frees_the_outbox() {
+    if skip_without_tools() {
+        return;
+    }
+    let lab = Lab::new();
+    lab.collect_config();
+    // The collector's key, pinned on the device.
+    let out = Command::new(PICKET)
+        .args(["collect", "--config", lab.p("collect.toml").to_str().unwrap(), "--export-key"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(lab.p("collector.pub"), &out.stdout).unwrap();
+    let d = lab.d();
+    lab.agent_config(
+        "agent",
+        &format!("ack = \"collector\"\ncollector_key_file = \"{d}/collector.pub\"\nbatch_max_events = 100\n"),
+    );
+    lab.enrol();
+    lab.journal_events(1000);
+    // The collector subscribes once (the broker keeps its session), then goes away.
+    let mut collector = lab.start_collector();
+    std::thread::sleep(Duration::from_millis(800));
+    collector.term();
+
+    let _agent = lab.start_agent();
+    std::thread::sleep(Duration::from_secs(3));
+    let state = Journal::open_read_only(&lab.p("data/journal.db")).unwrap().outbox_state().unwrap();
+    assert_eq!(state.delivered_batch_seq, 0, "broker PUBACKs alone must not free anything: {state:?}");
+    assert!(state.pending_batches > 0, "{state:?}");
+
+    let _collector = lab.start_collector();
+    lab.wait_in_sync(Duration::from_secs(30));
+    let t = Instant::now();
+    loop {
+        let state = Journal::open_read_only(&lab.p("data/journal.db")).unwrap().outbox_state().unwrap();
+        if state.pending_batches == 0 && state.delivered_batch_seq + 1 == state.next_batch_seq {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "acks never freed the outbox: {state:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 pub mod collector;
 pub mod sender;
+#[doc(hidden)]
+pub mod testkit;
 pub mod tls;
 
 pub use tls::TlsError;

@@ -102,6 +102,8 @@ pub struct UplinkStatus {
     pub last_error: Option<String>,
     pub connects: u64,
     pub batches_published: u64,
+    /// Bytes of batches handed to MQTT (resends included).
+    pub bytes_published: u64,
     pub batches_delivered: u64,
     pub events_delivered: u64,
     /// Every batch through this one is delivered.
@@ -398,10 +400,12 @@ async fn session(
             }
             match client.try_publish(batch_topic.as_str(), QoS::AtLeastOnce, false, b.wire.clone()) {
                 Ok(()) => {
+                    let len = u64::try_from(b.wire.len()).unwrap_or(u64::MAX);
                     inflight.requested(Some((b.batch_seq, b.hash)));
                     queue.pop_front();
                     if let Ok(mut s) = status.lock() {
                         s.batches_published += 1;
+                        s.bytes_published += len;
                     }
                 }
                 Err(_) => break, // request channel full: rumqttc is busy writing; next turn
