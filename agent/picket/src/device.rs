@@ -20,7 +20,8 @@ pub fn resolve(configured: &str, data_dir: &Path) -> anyhow::Result<String> {
     for f in MACHINE_ID_FILES {
         if let Ok(id) = fs::read_to_string(f) {
             let id = id.trim();
-            if !id.is_empty() {
+            // systemd writes "uninitialized" until the first boot completes: not an id.
+            if !id.is_empty() && id != "uninitialized" {
                 return Ok(derive(id));
             }
         }
