@@ -116,8 +116,28 @@ pub fn status(data_dir: &Path) -> anyhow::Result<ExitCode> {
     println!(
         "backlog:      {} events; last sync {}",
         h.backlog,
-        h.last_sync.map_or("never (uplink not in this build yet)".into(), |t| t.to_string())
+        h.last_sync.map_or_else(|| "never".into(), |t| t.to_string())
     );
+    match &st.uplink {
+        None => println!("uplink:       off (uplink.enabled = false)"),
+        Some(u) => {
+            println!(
+                "uplink:       {}; {} connects, {} batches published, {} delivered (through batch {}), {} events",
+                if u.connected { "connected" } else { "not connected" },
+                u.connects,
+                u.batches_published,
+                u.batches_delivered,
+                u.delivered_batch_seq,
+                u.events_delivered
+            );
+            if let Some(e) = &u.last_error {
+                println!("  last error: {e}");
+            }
+            if u.acks_rejected > 0 {
+                println!("  acks rejected (failed verification): {}", u.acks_rejected);
+            }
+        }
+    }
     println!("sources:");
     for (name, s) in &h.sources {
         println!("  {name:<10} {s}");

@@ -653,7 +653,11 @@ async fn health_loop(mut ctx: HealthCtx) -> Option<StatusFile> {
             journal_last_seq: stats.as_ref().map_or(0, |s| s.last_seq),
             backlog: stats.as_ref().map_or(0, |s| s.backlog),
             journal_evicted: stats.as_ref().map_or(0, |s| s.evicted_total),
-            last_sync: None,
+            last_sync: ctx
+                .uplink
+                .as_ref()
+                .and_then(|u| u.lock().ok().and_then(|s| s.last_delivery_ns))
+                .map(Timestamp::from_unix_nanos),
         };
         if last_health_event
             .is_none_or(|t| t.elapsed() + Duration::from_millis(100) >= ctx.settings.agent.health_interval)

@@ -494,9 +494,10 @@ async fn deliver(
     through: u64,
 ) -> Result<(), String> {
     let events = with_journal(journal, move |j| j.mark_delivered(through)).await?;
+    let batches = inflight.sent.range(..=through).count() as u64;
     inflight.delivered(through);
     if let Ok(mut s) = status.lock() {
-        s.batches_delivered = s.batches_delivered.max(through);
+        s.batches_delivered += batches;
         s.delivered_batch_seq = s.delivered_batch_seq.max(through);
         s.events_delivered += events;
         s.last_delivery_ns = Some(now_ns());
