@@ -21,7 +21,7 @@
 //! as JSON lines to stderr and to `<state_dir>/anomalies.ndjson`, and counted in
 //! `<state_dir>/collector-status.json`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::{self, Write};
@@ -254,7 +254,12 @@ pub struct Core {
     pub stats: CollectorStats,
     /// Verified batches waiting for an earlier one: device → batch_seq → (arrived, batch).
     pending: BTreeMap<String, BTreeMap<u64, (Instant, VerifiedBatch)>>,
+    /// Seen event seqs of recently active device streams.
+    seen: HashMap<(String, [u8; 16]), Seen>,
 }
+
+/// Device streams whose seen ranges are kept in memory (the cache is dropped when full).
+const SEEN_CACHE_DEVICES: usize = 4096;
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -363,6 +368,7 @@ impl Core {
             anomalies,
             stats: CollectorStats::default(),
             pending: BTreeMap::new(),
+            seen: HashMap::new(),
         })
     }
 
@@ -591,7 +597,15 @@ impl Core {
             );
         }
         let tx = self.db.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut seen = Seen::load(&tx, &device, &state.stream_id)?;
+        // The device's seen ranges stay in memory between batches; only changed ranges are
+        // written. (A priority lane leaves many small ranges during a drain: rewriting them all
+        // per batch made a 1M-event drain 20x slower.) Taken out of the cache for the
+        // transaction: if it fails, the next batch reloads from the database.
+        let key = (device.clone(), state.stream_id);
+        let mut seen = match self.seen.remove(&key) {
+            Some(s) => s,
+            None => Seen::load(&tx, &device, &state.stream_id)?,
+        };
         let mut buf = Vec::with_capacity(batch.body.len());
         let mut written = 0u64;
         for (seq, line) in batch.lines() {
@@ -633,6 +647,10 @@ impl Core {
             tx.execute("UPDATE output SET len = ?1", [i64::try_from(len).unwrap_or(i64::MAX)])?;
         }
         tx.commit()?;
+        if self.seen.len() >= SEEN_CACHE_DEVICES {
+            self.seen.clear();
+        }
+        self.seen.insert(key, seen);
         self.stats.batches_accepted += 1;
         self.stats.events_written += written;
         Ok(DeviceState {
@@ -716,9 +734,12 @@ impl OutputSink {
     }
 }
 
-/// The event seqs already written for one device stream, as merged ranges.
+/// The event seqs already written for one device stream, as merged ranges, with the ranges
+/// changed since the last store.
 struct Seen {
     ranges: BTreeMap<u64, u64>,
+    /// lo → new hi, or `None` for a range that went (merged into another).
+    changed: BTreeMap<u64, Option<u64>>,
 }
 
 impl Seen {
@@ -733,7 +754,18 @@ impl Seen {
                 ))
             })?
             .collect::<Result<BTreeMap<_, _>, _>>()?;
-        Ok(Seen { ranges })
+        Ok(Seen { ranges, changed: BTreeMap::new() })
+    }
+
+    fn set(&mut self, lo: u64, hi: u64) {
+        self.ranges.insert(lo, hi);
+        self.changed.insert(lo, Some(hi));
+    }
+
+    fn remove(&mut self, lo: u64) -> Option<u64> {
+        let hi = self.ranges.remove(&lo)?;
+        self.changed.insert(lo, None);
+        Some(hi)
     }
 
     /// False if `seq` was already there.
@@ -743,34 +775,29 @@ impl Seen {
                 return false;
             }
             if seq == hi + 1 {
-                let mut new_hi = seq;
-                if let Some(&next_hi) = self.ranges.get(&(seq + 1)) {
-                    self.ranges.remove(&(seq + 1));
-                    new_hi = next_hi;
-                }
-                self.ranges.insert(lo, new_hi);
+                let new_hi = self.remove(seq + 1).unwrap_or(seq);
+                self.set(lo, new_hi);
                 return true;
             }
         }
-        let mut hi = seq;
-        if let Some(&next_hi) = self.ranges.get(&(seq + 1)) {
-            self.ranges.remove(&(seq + 1));
-            hi = next_hi;
-        }
-        self.ranges.insert(seq, hi);
+        let hi = self.remove(seq + 1).unwrap_or(seq);
+        self.set(seq, hi);
         true
     }
 
-    fn store(&self, tx: &Transaction<'_>, device: &str, stream: &[u8; 16]) -> rusqlite::Result<()> {
-        tx.execute("DELETE FROM seen WHERE device_id = ?1 AND stream_id = ?2", params![device, &stream[..]])?;
-        let mut stmt = tx.prepare_cached("INSERT INTO seen VALUES (?1, ?2, ?3, ?4)")?;
-        for (lo, hi) in &self.ranges {
-            stmt.execute(params![
-                device,
-                &stream[..],
-                i64::try_from(*lo).unwrap_or(i64::MAX),
-                i64::try_from(*hi).unwrap_or(i64::MAX)
-            ])?;
+    /// Write the changed ranges.
+    fn store(&mut self, tx: &Transaction<'_>, device: &str, stream: &[u8; 16]) -> rusqlite::Result<()> {
+        let mut del =
+            tx.prepare_cached("DELETE FROM seen WHERE device_id = ?1 AND stream_id = ?2 AND lo = ?3")?;
+        let mut put = tx.prepare_cached("INSERT OR REPLACE INTO seen VALUES (?1, ?2, ?3, ?4)")?;
+        for (lo, hi) in std::mem::take(&mut self.changed) {
+            let lo = i64::try_from(lo).unwrap_or(i64::MAX);
+            match hi {
+                None => del.execute(params![device, &stream[..], lo])?,
+                Some(hi) => {
+                    put.execute(params![device, &stream[..], lo, i64::try_from(hi).unwrap_or(i64::MAX)])?
+                }
+            };
         }
         Ok(())
     }
@@ -795,12 +822,24 @@ mod tests {
 
     #[test]
     fn seen_merges_ranges_and_refuses_repeats() {
-        let mut s = Seen { ranges: BTreeMap::new() };
+        let mut s = Seen { ranges: BTreeMap::new(), changed: BTreeMap::new() };
         for q in [5, 1, 2, 3, 7, 6] {
             assert!(s.insert(q));
         }
         assert!(!s.insert(2));
         assert!(!s.insert(7));
-        assert_eq!(s.ranges.into_iter().collect::<Vec<_>>(), vec![(1, 3), (5, 7)]);
+        assert_eq!(s.ranges.clone().into_iter().collect::<Vec<_>>(), vec![(1, 3), (5, 7)]);
+        // What is stored is exactly the ranges, whatever merged on the way.
+        let mut db = Connection::open_in_memory().unwrap();
+        db.execute_batch(
+            "CREATE TABLE seen (device_id TEXT, stream_id BLOB, lo INTEGER, hi INTEGER, PRIMARY KEY (device_id, stream_id, lo))",
+        )
+        .unwrap();
+        let tx = db.transaction().unwrap();
+        s.store(&tx, "d", &[0; 16]).unwrap();
+        assert!(s.insert(4));
+        s.store(&tx, "d", &[0; 16]).unwrap();
+        let back = Seen::load(&tx, "d", &[0; 16]).unwrap();
+        assert_eq!(back.ranges.into_iter().collect::<Vec<_>>(), vec![(1, 7)]);
     }
 }
