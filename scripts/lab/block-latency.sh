@@ -3,6 +3,7 @@
 # nftables, for fail2ban, sshguard or picket, in the sshd lab (scripts/lab/sshd-lab.sh).
 #
 #   block-latency.sh DIR fail2ban|sshguard|picket [RUNS]      (RUNS default 5)
+#   block-latency.sh DIR all [RUNS]                           the three, one after the other, one lab
 #
 # Brings the lab up in DIR if it is not up (and then takes it down at the end); a lab that was up
 # is left up. Per run:
@@ -44,13 +45,30 @@ die() {
   echo "$PROG: $*" >&2
   exit 1
 }
-[ $# -ge 2 ] || die "usage: $PROG DIR fail2ban|sshguard|picket [RUNS]"
+[ $# -ge 2 ] || die "usage: $PROG DIR fail2ban|sshguard|picket|all [RUNS]"
 mkdir -p "$1"
 DIR=$(readlink -f "$1")
 TOOL=$2
 RUNS=${3:-5}
-case "$TOOL" in fail2ban | sshguard | picket) ;; *) die "unknown blocker '$TOOL'" ;; esac
+case "$TOOL" in fail2ban | sshguard | picket | all) ;; *) die "unknown blocker '$TOOL'" ;; esac
 [ "$(id -u)" -eq 0 ] || die "needs root"
+
+if [ "$TOOL" = all ]; then
+  # All three in one lab (same namespaces, same sshd and rsyslogd), one after the other.
+  own=no
+  if [ ! -f "$DIR/lab.env" ] || ! "$LAB" probe "$DIR" 2>/dev/null; then
+    "$LAB" up "$DIR"
+    own=yes
+  fi
+  trap '[ "$own" = yes ] && "$LAB" down "$DIR" >/dev/null' EXIT
+  rc=0
+  for t in fail2ban sshguard picket; do
+    "${BASH_SOURCE[0]}" "$DIR" "$t" "$RUNS" | tee "$DIR/block-latency-$t.txt" || rc=1
+  done
+  echo "--- summary"
+  grep -h 'log line -> nftables' "$DIR"/block-latency-*.txt || true
+  exit $rc
+fi
 
 OWN_LAB=no
 if [ ! -f "$DIR/lab.env" ] || ! "$LAB" probe "$DIR" 2>/dev/null; then
@@ -241,10 +259,15 @@ for ((run = 1; run <= RUNS; run++)); do
   else
     echo "$TOOL run $run: 5th failure ${fifth:11:15}, NO block of $ATTACKER_IP within 15 s (see $mon, $BL/$TOOL-$run.out)"
     if [ "$TOOL" = picket ]; then grep -m1 'ALERT' "$BL/$TOOL-$run.out" | sed 's/^/  picket: /' || true; fi
+    failed=yes
   fi
   stop_blocker
   stop_bg nftmon
   in_lab nft flush ruleset
+  if [ "${failed:-no}" = yes ]; then
+    echo "$TOOL: run $run did not block; not repeating"
+    break
+  fi
 done
 
 if [ ${#results[@]} -gt 0 ]; then
@@ -254,5 +277,7 @@ if [ ${#results[@]} -gt 0 ]; then
       med = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
       printf "%s: log line -> nftables, %d of %d runs blocked: min %.2f ms, median %.2f ms, max %.2f ms\n", tool, NR, runs, v[1], med, v[NR]
     }'
+else
+  echo "$TOOL: log line -> nftables: no run blocked the attacker"
 fi
 [ ${#results[@]} -eq "$RUNS" ]

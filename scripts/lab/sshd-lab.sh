@@ -27,10 +27,14 @@
 #     microseconds and the UTC offset) — the lines picket, fail2ban and sshguard read;
 #   * sshd, and everything started with `exec`, runs in `ip netns exec <victim> unshare --mount
 #     --propagation private`: a private mount namespace in which /dev is a fresh tmpfs holding bind
-#     mounts of the host's usual /dev entries (null, zero, urandom, tty, ptmx, pts, shm, fd, ...) plus
-#     a `log` entry bind-mounted from DIR/devlog, and /run is an
-#     empty tmpfs (sshd's privilege-separation dir /run/sshd is made there; PAM session modules
-#     write there, not to the host's /run). None of these mounts propagates to the host.
+#     mounts of the host's usual /dev entries (null, zero, urandom, tty, ptmx, pts, shm, fd, ...)
+#     plus a `log` entry bind-mounted from DIR/devlog, and /run is an empty tmpfs (sshd's
+#     privilege-separation dir /run/sshd is made there; PAM session modules write there, not to the
+#     host's /run). None of these mounts propagates to the host. `exec` also bind-mounts the files
+#     named in LAB_BIND="SRC=DST ..." (block-latency.sh gives sshguard its own config that way).
+#   * rsyslogd routes the lines of sshguard (`sshg*` tags, facility auth) to DIR/blockers.log, so a
+#     blocker's own messages never feed the auth.log the blockers read; other facilities go to
+#     DIR/other.log.
 # The host's /dev, /run, firewall, interfaces and syslog are never changed. Processes are killed only
 # by the pid files in DIR, and only when they live in the lab's namespaces; `down` then kills what is
 # left inside the two namespaces (everything in them was started by the lab) and deletes them.

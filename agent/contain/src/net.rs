@@ -21,28 +21,36 @@
 //!
 //! - **Set elements (block, unblock, list) go over netlink, in process** (`net/netlink.rs`, a
 //!   few hundred lines on `rustix` sockets). A block is one `sendto` of a batch and one `recv` of
-//!   the acks: one kernel transaction, about 0.05 ms. The bar is 2 ms from the auth-log
-//!   line to the kernel, and one `nft` process costs ~5 ms, so nothing on this path spawns.
+//!   the acks: one kernel transaction, ~15 µs. The bar is 2 ms from the auth-log line to
+//!   the kernel, and one `nft` process costs ~5 ms, so nothing on this path spawns.
 //! - **The table, chains, rules and isolation are nft scripts** run as `nft -f -` (one script =
-//!   one transaction, ~5–10 ms). They change rarely, and rules written in nft's language are
+//!   one transaction, ~5–30 ms). They change rarely, and rules written in nft's language are
 //!   readable and reviewable; encoding rule expressions by hand is libnftnl's job.
 //!
-//! Measured here (agent/contain/benches/net.rs, one element with a timeout, in a namespace; see
-//! docs/BENCHMARKS.md): netlink ~0.05 ms per block; `nft add element` per op ~4–5 ms;
-//! `nft -j -f -` per op ~5 ms; a long-lived `nft -i` fed on stdin ~0.3 ms but it reports errors
-//! only as free text on stderr, with no per-command acknowledgement. The crates were no better:
-//! `rustables` is GPL-3.0 (picket is Apache-2.0), `nftnl`/`mnl` bind the C libraries libnftnl
-//! (GPL-2.0) and libmnl, and `nftables` drives `nft -j` (the ~5 ms per op above).
+//! Per block of one address with a timeout, measured on the 2-core dev VM with
+//! `cargo bench -p picket-contain --bench net` (in a namespace the bench makes; ranges are over
+//! runs on a machine shared with other builds):
+//!
+//! | way to the kernel | per block |
+//! |---|---|
+//! | netlink in process (this module), fresh / re-block / unblock | 15 / 18 / 13 µs (up to 36 loaded) |
+//! | one long-lived `nft -i` fed on stdin (acknowledges nothing; errors are text on stderr) | 0.3–1.2 ms |
+//! | spawn `nft -j -f -` with JSON (what the `nftables` crate does) | 4.5–9.5 ms |
+//! | spawn `nft add element ...` | 5.7–9.8 ms |
+//! | netlink, 1000 addresses in one call (one transaction) | 9 ms |
+//!
+//! The netlink crates were no option: `rustables` is GPL-3.0 (picket is Apache-2.0), and
+//! `nftnl`/`mnl` bind the C libraries libnftnl (GPL-2.0) and libmnl, a cross-build burden.
 //!
 //! # Block semantics
 //!
 //! [`NetContainment::block`] sends, per set, *add* (a no-op where the address is already there),
 //! *delete*, *add with the new TTL*, in one transaction: the latest block wins (a new TTL
 //! replaces the old one, `None` makes it permanent), and the call never fails, or aborts a
-//! transaction, because an address was or wasn't there. (Trying an exclusive add first and
-//! falling back on EEXIST was measured too: a fresh block gets no faster, but every aborted
-//! transaction waits for an RCU grace period, ~16 ms here.) `nft monitor` therefore shows a block
-//! as `add element`, `delete element`, `add element`, all from the same commit.
+//! transaction, because an address was or wasn't there. (An exclusive add with a fallback on
+//! EEXIST was measured too: a fresh block took 6 µs instead of 13, but every re-block then paid
+//! for an aborted transaction, which waits for an RCU grace period: ~14 ms here.) `nft monitor`
+//! therefore shows a block as `add element`, `delete element`, `add element`, from one commit.
 //! [`NetContainment::unblock`] is *add* then *delete*, so unblocking an absent address is fine.
 //! Calls are cut into transactions of at most [`MAX_PER_TRANSACTION`] addresses; each is atomic.
 //! If someone deleted the table (`nft flush ruleset`), the next block recreates it and retries.

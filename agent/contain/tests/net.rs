@@ -362,10 +362,23 @@ fn release_restores_the_exact_prior_ruleset_and_other_tables_are_never_touched()
     }
     let lab = Lab::new("rel", 6);
     // Somebody else's firewall in the victim's namespace.
-    let other = "table inet other {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\
-                 \t\ttcp dport 9 counter accept\n\t}\n}\n\
-                 table ip legacy {\n\tset friends {\n\t\ttype ipv4_addr\n\t\telements = { 192.0.2.1 }\n\t}\n\
-                 \tchain c {\n\t\ttype filter hook output priority 10; policy accept;\n\t}\n}\n";
+    let other = r#"
+table inet other {
+    chain input {
+        type filter hook input priority filter; policy accept;
+        tcp dport 9 counter accept
+    }
+}
+table ip legacy {
+    set friends {
+        type ipv4_addr
+        elements = { 192.0.2.1 }
+    }
+    chain c {
+        type filter hook output priority 10; policy accept;
+    }
+}
+"#;
     let path = std::env::temp_dir().join(format!("picket-t-rel-{}.nft", std::process::id()));
     std::fs::write(&path, other).unwrap();
     lab.nft(&["-f", path.to_str().unwrap()]);

@@ -278,6 +278,9 @@ pub struct Event {
     /// `journal.gap` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap: Option<Gap>,
+    /// `action` only: one step of a containment action (`event.action` names the action).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<ActionDetail>,
 }
 
 impl Event {
@@ -300,6 +303,7 @@ impl Event {
             rule: None,
             health: None,
             gap: None,
+            action: None,
         }
     }
 
@@ -332,6 +336,10 @@ pub struct EventMeta {
     /// `max_attempts`, `pam`, `preauth_disconnect`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    /// ECS `event.duration`, in nanoseconds. For `process.exit`: how long the process lived (from
+    /// its fork, or its exec when the fork was not seen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<u64>,
 }
 
 /// ECS `process.*`.
@@ -344,6 +352,11 @@ pub struct Process {
     /// The path the program was started by (execve's filename), symlinks not followed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executable: Option<String>,
+    /// The file actually running: `executable` with symlinks resolved (what /proc/PID/exe points
+    /// to), e.g. `/bin/busybox` for the applet `/bin/ls`. Ends in ` (deleted)` when the file was
+    /// removed after exec; `/memfd:NAME (deleted)` for a memfd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_executable: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<Vec<String>>,
     /// argv joined by single spaces.
@@ -355,6 +368,10 @@ pub struct Process {
     pub exit_code: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entity_id: Option<String>,
+    /// Start time in clock ticks since boot (field 22 of /proc/PID/stat). With `pid` it names one
+    /// process across PID reuse: containment checks it before a kill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ticks: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentProcess>,
 }
@@ -491,6 +508,38 @@ pub struct Gap {
     pub count: u64,
     /// Why: `journal_full`, ...
     pub reason: String,
+}
+
+/// One step of a containment action, carried by `action` events. The action's name is in
+/// `event.action` (`block_ip`, `kill`, `deny_exec`, `quarantine`, `isolate_host`, `lock_account`);
+/// its target also fills the ECS field it belongs to (`source.ip`, `process.pid`, `file.path`,
+/// `user.name`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ActionDetail {
+    /// `intent` (journaled before the action runs), then the outcome: `succeeded`, `failed`,
+    /// `refused` (a protected target), `skipped` (budget, queue), `dry_run` (monitor mode). Later
+    /// changes to what is in force: `reapplied`, `expired`, `reverted`, `revert_failed`; and
+    /// `enforced` when a deny_exec rule stopped an exec.
+    pub outcome: String,
+    /// What the action is aimed at: an address, a pid, a path, a user name, or `host`.
+    pub target: String,
+    /// `monitor` or `enforce`: the mode the action was decided in.
+    pub mode: String,
+    /// The containment record (`picket actions list`, `picket actions revert ID`), when one was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// How long it stays in force; absent: until reverted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    /// When it ends by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Timestamp>,
+    /// Why it was refused or skipped, or why it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What failed, for `failed` and `revert_failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[cfg(test)]

@@ -1,11 +1,16 @@
-//! The one-shot commands: `config check`, `journal stats|export`, `status`, and the plain answer
-//! of commands whose capability is not in this build yet.
+//! The one-shot commands: `config check`, `journal stats|export`, `status`, `actions list|revert`,
+//! and the plain answer of commands whose capability is not in this build yet.
 
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
+use std::time::SystemTime;
+
 use anyhow::Context;
+use picket_contain::actuator::{self, HostBackend};
+use picket_contain::net::NetOptions;
+use picket_contain::state::{Record, STATE_FILE};
 use picket_event::Timestamp;
 use picket_journal::Journal;
 
@@ -182,5 +187,110 @@ pub fn identity(data_dir: &Path, configured_id: &str, export: bool) -> anyhow::R
         println!("key file:   {}", data_dir.join(picket_wire::DEVICE_KEY_FILE).display());
         println!("enrol with: picket identity --export > <device_keys_dir>/{}.pub", id.id());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How many ended actions `actions list --all` shows.
+const ACTIONS_HISTORY: u32 = 100;
+
+/// `picket actions list`: what containment is in force (with `--all`, what ended too).
+pub fn actions_list(data_dir: &Path, all: bool) -> anyhow::Result<ExitCode> {
+    let path = data_dir.join(STATE_FILE);
+    if !path.exists() {
+        println!("no containment actions recorded ({} does not exist yet)", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = actuator::list(&path, all, ACTIONS_HISTORY)?;
+    if rows.is_empty() {
+        println!("{}", if all { "no containment actions recorded" } else { "nothing in force" });
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = SystemTime::now();
+    let mut out = io::stdout().lock();
+    let head = ["ID", "ACTION", "TARGET", "RULE", "SINCE", "UNTIL", "LEFT", "STATE"];
+    let table: Vec<[String; 8]> = rows.iter().map(|r| action_row(r, now)).collect();
+    let mut width = head.map(str::len);
+    for row in &table {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(width).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                l.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        l
+    };
+    writeln!(out, "{}", line(&head))?;
+    for row in &table {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        writeln!(out, "{}", line(&cells))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn action_row(r: &Record, now: SystemTime) -> [String; 8] {
+    let (until, left) = match r.until {
+        None => ("-".to_string(), "no end".to_string()),
+        Some(u) => {
+            let left = match u.duration_since(now) {
+                Ok(d) if r.state.in_force() => short_duration(d.as_secs()),
+                _ => "-".to_string(),
+            };
+            (whole_seconds(u), left)
+        }
+    };
+    let mut state = r.state.as_str().to_string();
+    if let Some(note) =
+        r.note.as_deref().filter(|_| !r.state.in_force() || r.state.as_str() == "revert_failed")
+    {
+        state.push_str(&format!(" ({note})"));
+    }
+    [
+        r.id.to_string(),
+        r.action.to_string(),
+        r.target.clone(),
+        r.rule_id.clone(),
+        whole_seconds(r.since),
+        until,
+        left,
+        state,
+    ]
+}
+
+/// RFC 3339 UTC, to the second.
+fn whole_seconds(t: SystemTime) -> String {
+    let ns = Timestamp::from(t).unix_nanos();
+    Timestamp::from_unix_nanos(ns - ns.rem_euclid(1_000_000_000)).to_string()
+}
+
+/// `3d4h`, `1h2m`, `59m58s`, `7s`: the two largest units.
+fn short_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s}s"),
+        (0, _, _) => format!("{h}h{m}m"),
+        _ => format!("{d}d{h}h"),
+    }
+}
+
+/// `picket actions revert ID`: undo one action; the running agent journals it.
+pub fn actions_revert(data_dir: &Path, id: &str) -> anyhow::Result<ExitCode> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{id:?} is not an action id (a number from `picket actions list`)"))?;
+    let path = data_dir.join(STATE_FILE);
+    if !path.exists() {
+        anyhow::bail!("no containment action {id}: {} does not exist", path.display());
+    }
+    let backend = HostBackend::new(NetOptions::default());
+    let r = actuator::revert(&path, id, &backend, SystemTime::now())?;
+    println!("reverted action {}: {} {} (rule {})", r.id, r.action, r.target, r.rule_id);
     Ok(ExitCode::SUCCESS)
 }

@@ -24,8 +24,8 @@
 //! mode = "enforce"      # every other key keeps its default
 //! ```
 
-// Parts of `Settings` are read by stages not in this build yet (uplink, containment); the struct is
-// the config contract, so it is complete now rather than grown field by field.
+// Parts of `Settings` are read by stages not in this build yet (the process and network sources);
+// the struct is the config contract, so it is complete now rather than grown field by field.
 #![allow(dead_code, reason = "the full config contract, read by stages still being built")]
 
 use std::fmt;
@@ -71,6 +71,9 @@ const MAX_TOPIC_PREFIX: usize = 1024;
 
 /// Longest Linux interface name (IFNAMSIZ - 1).
 const MAX_INTERFACE: usize = 15;
+
+/// Largest `containment.budget_per_minute.*`.
+const MAX_BUDGET: u64 = 100_000;
 
 /// Longest user value echoed back in an error message.
 const MAX_ECHO: usize = 60;
@@ -147,6 +150,32 @@ struct NetworkSourceConfig {
 #[serde(deny_unknown_fields)]
 struct ContainmentConfig {
     protected_cidrs: Vec<String>,
+    protected_process_names: Vec<String>,
+    protected_paths: Vec<String>,
+    allow_root: bool,
+    quarantine_dir: String,
+    kill_grace_secs: i128,
+    management: Vec<ManagementConfig>,
+    isolation_keep_dhcp: bool,
+    budget_per_minute: BudgetConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManagementConfig {
+    from: String,
+    tcp_port: i128,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetConfig {
+    block_ip: i128,
+    kill: i128,
+    deny_exec: i128,
+    quarantine: i128,
+    isolate_host: i128,
+    lock_account: i128,
 }
 
 #[derive(Debug, Deserialize)]
@@ -289,6 +318,47 @@ pub struct NetworkSourceSettings {
 pub struct ContainmentSettings {
     /// Never blocked, never isolated from.
     pub protected_cidrs: Vec<Cidr>,
+    /// Processes never killed, by `comm` or executable file name.
+    pub protected_process_names: Vec<String>,
+    /// Absolute paths (files or trees) never quarantined or denied exec.
+    pub protected_paths: Vec<PathBuf>,
+    /// Allow killing root's processes and locking root.
+    pub allow_root: bool,
+    /// Where quarantined files go; `None`: `<data_dir>/quarantine`.
+    pub quarantine_dir: Option<PathBuf>,
+    /// SIGTERM to SIGKILL.
+    pub kill_grace: Duration,
+    /// Kept reachable while isolated.
+    pub management: Vec<Management>,
+    /// Keep DHCP while isolated.
+    pub isolation_keep_dhcp: bool,
+    /// Most actions of each type per minute.
+    pub budget_per_minute: BudgetSettings,
+}
+
+impl ContainmentSettings {
+    /// `quarantine_dir`, or its default inside `data_dir`.
+    pub fn quarantine_dir(&self, data_dir: &Path) -> PathBuf {
+        self.quarantine_dir.clone().unwrap_or_else(|| data_dir.join("quarantine"))
+    }
+}
+
+/// `containment.management`: inbound TCP to `tcp_port` from network `from`, kept while isolated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Management {
+    pub from: Cidr,
+    pub tcp_port: u16,
+}
+
+/// `[containment.budget_per_minute]`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetSettings {
+    pub block_ip: u32,
+    pub kill: u32,
+    pub deny_exec: u32,
+    pub quarantine: u32,
+    pub isolate_host: u32,
+    pub lock_account: u32,
 }
 
 /// `[uplink]`
@@ -882,6 +952,30 @@ impl Check<'_, '_> {
             }
         }
 
+        let process_names = self.process_names(&containment.protected_process_names);
+        let protected_paths =
+            self.absolute_paths("containment.protected_paths", &containment.protected_paths);
+        let quarantine_dir = if containment.quarantine_dir.is_empty() {
+            Some(None)
+        } else {
+            self.path("containment.quarantine_dir", None, &containment.quarantine_dir).map(Some)
+        };
+        let kill_grace_secs = self.int_in("containment.kill_grace_secs", containment.kill_grace_secs, 0, 60);
+        let management = self.management(&containment.management);
+        let b = &containment.budget_per_minute;
+        let mut budget = |key: &str, got: i128| {
+            self.int_in(&format!("containment.budget_per_minute.{key}"), got, 0, MAX_BUDGET)
+                .and_then(|n| u32::try_from(n).ok())
+        };
+        let budgets = (
+            budget("block_ip", b.block_ip),
+            budget("kill", b.kill),
+            budget("deny_exec", b.deny_exec),
+            budget("quarantine", b.quarantine),
+            budget("isolate_host", b.isolate_host),
+            budget("lock_account", b.lock_account),
+        );
+
         let broker = match uplink.broker.parse::<Broker>() {
             Ok(b) => Some(b),
             Err(why) => {
@@ -963,7 +1057,24 @@ impl Check<'_, '_> {
                     interface: interface.clone(),
                 },
             },
-            containment: ContainmentSettings { protected_cidrs: cidrs },
+            containment: ContainmentSettings {
+                protected_cidrs: cidrs,
+                protected_process_names: process_names?,
+                protected_paths: protected_paths?,
+                allow_root: containment.allow_root,
+                quarantine_dir: quarantine_dir?,
+                kill_grace: Duration::from_secs(kill_grace_secs?),
+                management: management?,
+                isolation_keep_dhcp: containment.isolation_keep_dhcp,
+                budget_per_minute: BudgetSettings {
+                    block_ip: budgets.0?,
+                    kill: budgets.1?,
+                    deny_exec: budgets.2?,
+                    quarantine: budgets.3?,
+                    isolate_host: budgets.4?,
+                    lock_account: budgets.5?,
+                },
+            },
             uplink: UplinkSettings {
                 enabled: uplink.enabled,
                 broker: broker?,
@@ -1003,6 +1114,96 @@ impl Check<'_, '_> {
             match self.path(key, Some(i), text) {
                 Some(p) => out.push(p),
                 None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// A list of absolute paths (the list itself may be empty).
+    fn absolute_paths(&mut self, key: &str, texts: &[String]) -> Option<Vec<PathBuf>> {
+        let mut ok = true;
+        let mut out = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            match self.path(key, Some(i), text) {
+                Some(p) if p.is_absolute() => out.push(p),
+                Some(_) => {
+                    self.error(
+                        key,
+                        Some(i),
+                        format!("element {}: {} is not an absolute path", i + 1, quote(text)),
+                    );
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// `containment.protected_process_names`: non-empty names without `/`.
+    fn process_names(&mut self, names: &[String]) -> Option<Vec<String>> {
+        let mut ok = true;
+        for (i, name) in names.iter().enumerate() {
+            if name.is_empty() || name.len() > 255 || name.contains('/') || name.chars().any(char::is_control)
+            {
+                self.error(
+                    "containment.protected_process_names",
+                    Some(i),
+                    format!(
+                        "element {}: invalid process name {}: 1-255 characters, no '/' (a name, not a path)",
+                        i + 1,
+                        quote(name)
+                    ),
+                );
+                ok = false;
+            }
+        }
+        ok.then(|| names.to_vec())
+    }
+
+    /// `containment.management`: `{ from = CIDR, tcp_port = 1-65535 }` each.
+    fn management(&mut self, entries: &[ManagementConfig]) -> Option<Vec<Management>> {
+        const KEY: &str = "containment.management";
+        let mut ok = true;
+        let mut out = Vec::with_capacity(entries.len());
+        for (i, m) in entries.iter().enumerate() {
+            let from = match m.from.parse::<Cidr>() {
+                Ok(c) if c.prefix == 0 => {
+                    self.error(
+                        KEY,
+                        Some(i),
+                        format!("element {}: a /0 network would keep everything open", i + 1),
+                    );
+                    None
+                }
+                Ok(c) => Some(c),
+                Err(why) => {
+                    self.error(
+                        KEY,
+                        Some(i),
+                        format!("element {}: invalid CIDR {}: {why}", i + 1, quote(&m.from)),
+                    );
+                    None
+                }
+            };
+            let port = match u16::try_from(m.tcp_port) {
+                Ok(p) if p > 0 => Some(p),
+                _ => {
+                    self.error(
+                        KEY,
+                        Some(i),
+                        format!(
+                            "element {}: tcp_port must be between 1 and 65535, got {}",
+                            i + 1,
+                            m.tcp_port
+                        ),
+                    );
+                    None
+                }
+            };
+            match (from, port) {
+                (Some(from), Some(tcp_port)) => out.push(Management { from, tcp_port }),
+                _ => ok = false,
             }
         }
         ok.then_some(out)
@@ -1304,6 +1505,24 @@ mod tests {
         assert!(!s.sources.network.enabled);
         assert_eq!(s.sources.network.interface, "any");
         assert!(s.containment.protected_cidrs.is_empty());
+        assert_eq!(s.containment.protected_process_names, ["init", "systemd", "sshd", "dropbear", "picket"]);
+        assert!(s.containment.protected_paths.contains(&PathBuf::from("/usr/bin")));
+        assert!(!s.containment.allow_root);
+        assert_eq!(s.containment.quarantine_dir(Path::new("/d")), PathBuf::from("/d/quarantine"));
+        assert_eq!(s.containment.kill_grace, Duration::from_secs(5));
+        assert!(s.containment.management.is_empty());
+        assert!(s.containment.isolation_keep_dhcp);
+        assert_eq!(
+            s.containment.budget_per_minute,
+            BudgetSettings {
+                block_ip: 60,
+                kill: 10,
+                deny_exec: 10,
+                quarantine: 10,
+                isolate_host: 1,
+                lock_account: 5
+            }
+        );
         assert!(!s.uplink.enabled);
         assert_eq!(s.uplink.broker, Broker { tls: true, host: "broker.example".into(), port: 8883 });
         assert_eq!(
@@ -1528,6 +1747,46 @@ max_bytes = \"big\"
             load_str("[uplink]\ntopic_prefix = \"acme/v1/plant-3\"\n", "t").unwrap().uplink.topic_prefix,
             "acme/v1/plant-3"
         );
+    }
+
+    #[test]
+    fn containment_keys_are_validated_each_with_its_line_and_key() {
+        let text = "[containment]\n\
+                    protected_process_names = [\"sshd\", \"/usr/sbin/cron\"]\n\
+                    protected_paths = [\"/etc\", \"usr/bin\"]\n\
+                    kill_grace_secs = 61\n\
+                    management = [{ from = \"192.0.2.0/24\", tcp_port = 22 }, { from = \"10.0.0.1/8\", tcp_port = 0 }]\n\
+                    [containment.budget_per_minute]\n\
+                    kill = -1\n\
+                    isolate_host = 100001\n";
+        let got = lines_and_keys(text);
+        assert_eq!(
+            got,
+            vec![
+                (Some(2), "containment.protected_process_names".into()),
+                (Some(3), "containment.protected_paths".into()),
+                (Some(4), "containment.kill_grace_secs".into()),
+                (Some(5), "containment.management".into()),
+                (Some(5), "containment.management".into()),
+                (Some(7), "containment.budget_per_minute.kill".into()),
+                (Some(8), "containment.budget_per_minute.isolate_host".into()),
+            ],
+            "{:#?}",
+            errors(text)
+        );
+        let s = load_str(
+            "[containment]\nmanagement = [{ from = \"fd00::/64\", tcp_port = 2222 }]\nquarantine_dir = \"/q\"\n\
+             allow_root = true\n[containment.budget_per_minute]\nblock_ip = 0\n",
+            "t",
+        )
+        .unwrap();
+        let c = s.containment;
+        assert_eq!(c.management, [Management { from: "fd00::/64".parse().unwrap(), tcp_port: 2222 }]);
+        assert_eq!(c.quarantine_dir(Path::new("/d")), PathBuf::from("/q"));
+        assert!(c.allow_root);
+        assert_eq!(c.budget_per_minute.block_ip, 0);
+        let e = errors("[containment]\nmanagement = [{ from = \"10.0.0.0/8\" }]\n");
+        assert_eq!((e[0].line, e[0].key.as_str()), (Some(2), "containment.management"), "{e:?}");
     }
 
     #[test]

@@ -61,7 +61,7 @@ enum Command {
         #[arg(long)]
         export: bool,
     },
-    /// Containment state: what is in force, and undo. [not in this build yet]
+    /// Containment state: what is in force, until when, and undo.
     #[command(subcommand)]
     Actions(ActionsCommand),
     /// Health of a running agent: sources, drops, queue depths, journal size, backlog, last sync.
@@ -124,8 +124,11 @@ enum ActionsCommand {
     List {
         #[command(flatten)]
         loc: DataLocation,
+        /// Also show what ended (expired, reverted, failed): the last 100 actions.
+        #[arg(long)]
+        all: bool,
     },
-    /// Undo one action.
+    /// Undo one action (by the ID `actions list` shows): unblock, release, unlock, restore.
     Revert {
         id: String,
         #[command(flatten)]
@@ -189,7 +192,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let (data_dir, device_id) = loc.data_dir_and_device_id()?;
             commands::identity(&data_dir, &device_id, export)
         }
-        Command::Actions(_) => Ok(commands::not_yet("actions", "containment actions")),
+        Command::Actions(ActionsCommand::List { loc, all }) => commands::actions_list(&loc.data_dir()?, all),
+        Command::Actions(ActionsCommand::Revert { id, loc }) => {
+            commands::actions_revert(&loc.data_dir()?, &id)
+        }
         Command::Collect { config, export_key } => collect::run(&config, export_key),
     }
 }

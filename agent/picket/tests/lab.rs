@@ -1,7 +1,8 @@
 //! End to end on a real OpenSSH server: `scripts/lab/sshd-lab.sh` starts sshd and rsyslogd in a
 //! network namespace (their own configs, pid files and /dev/log, all in a temp dir), the real
-//! `picket run` follows the lab's auth.log with the shipped policies, and real `ssh` clients in a
-//! second namespace guess passwords and then log in with a key. Nothing on the host changes.
+//! `picket run` follows the lab's auth.log with the shipped policies — inside the same namespace,
+//! so whatever it does to nftables lands there — and real `ssh` clients in a second namespace
+//! guess passwords (and log in with a key). Nothing on the host changes.
 //!
 //! Needs root and the lab's tools (`scripts/test-deps.sh` installs them); without them the test
 //! says SKIPPED on stderr and passes, unless `PICKET_REQUIRE_LAB=1` makes that a failure.
@@ -41,8 +42,17 @@ fn missing_prerequisite() -> Option<String> {
                 .is_ok_and(|s| s.success())
         })
         .collect();
-    (!missing.is_empty())
-        .then(|| format!("missing {} (scripts/test-deps.sh installs them)", missing.join(", ")))
+    if !missing.is_empty() {
+        return Some(format!("missing {} (scripts/test-deps.sh installs them)", missing.join(", ")));
+    }
+    // Root in a container without CAP_SYS_ADMIN cannot make the lab's namespaces.
+    let ns = Command::new("unshare").args(["--mount", "--net", "true"]).output().ok()?;
+    (!ns.status.success()).then(|| {
+        format!(
+            "cannot create namespaces: unshare --mount --net: {}",
+            String::from_utf8_lossy(&ns.stderr).trim()
+        )
+    })
 }
 
 /// The lab in a temp dir; `down` runs on drop, also when the test panics.
@@ -99,7 +109,7 @@ impl Drop for Lab {
     }
 }
 
-/// `picket run` on the lab's auth.log, in monitor mode, file/process/network sources off.
+/// `picket run` in the lab's victim namespace on the lab's auth.log, file/process/network sources off.
 struct Agent {
     child: Option<Child>,
     data_dir: PathBuf,
@@ -108,11 +118,11 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(lab: &Lab) -> Agent {
+    fn start(lab: &Lab, mode: &str) -> Agent {
         let dir = lab.dir.path();
         let data_dir = dir.join("picket");
         let config = format!(
-            "[agent]\ndata_dir = \"{}\"\nmode = \"monitor\"\nstatus_interval_secs = 1\n\
+            "[agent]\ndata_dir = \"{}\"\nmode = \"{mode}\"\nstatus_interval_secs = 1\n\
              [policies]\npaths = [\"{}\"]\n\
              [sources.process]\nenabled = false\n[sources.file]\nenabled = false\n\
              [sources.network]\nenabled = false\n\
@@ -123,9 +133,9 @@ impl Agent {
         );
         let config_file = dir.join("picket.toml");
         std::fs::write(&config_file, config).unwrap();
-        let mut child = Command::new(PICKET)
-            .args(["run", "--config", config_file.to_str().unwrap()])
-            .stdin(Stdio::null())
+        // `sshd-lab.sh exec` ends in an exec of picket: the child's pid is the agent's.
+        let mut child = lab
+            .command(&["exec", PICKET, "run", "--config", config_file.to_str().unwrap()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -240,7 +250,7 @@ fn real_sshd_brute_force_in_a_netns_is_seen_alerted_on_and_the_login_after_it_is
     let started = Instant::now();
     let lab = Lab::up();
     let attacker = lab.var("ATTACKER_IP").to_string();
-    let mut agent = Agent::start(&lab);
+    let mut agent = Agent::start(&lab, "monitor");
 
     // Five wrong passwords for root, one per connection, all at once (PAM's 2 s fail delay is then
     // paid once). Each attempt logs a pam_unix line, `Failed password` and a preauth disconnect.
@@ -286,8 +296,10 @@ fn real_sshd_brute_force_in_a_netns_is_seen_alerted_on_and_the_login_after_it_is
     assert_eq!(seen, stamps, "event times differ from auth.log:\n{log}");
 
     // One brute-force alert, right at the fifth attempt, naming the attacker.
-    let brute: Vec<&Value> =
-        events.iter().filter(|e| str_of(e, &["rule", "id"]) == Some("ssh-brute-force")).collect();
+    let brute: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "alert" && str_of(e, &["rule", "id"]) == Some("ssh-brute-force"))
+        .collect();
     assert_eq!(brute.len(), 1, "{brute:#?}");
     let alert = brute[0];
     assert_eq!(alert["kind"], "alert");
@@ -319,4 +331,47 @@ fn real_sshd_brute_force_in_a_netns_is_seen_alerted_on_and_the_login_after_it_is
         assert!(errors.is_empty(), "{e} does not match the schema: {errors:?}");
     }
     println!("lab test took {:?}", started.elapsed());
+}
+
+fn host_tables() -> String {
+    let out = Command::new("nft").args(["list", "tables"]).output().expect("nft list tables");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn real_sshd_brute_force_in_enforce_mode_blocks_the_attacker_in_the_lab_namespace_only() {
+    if let Some(why) = missing_prerequisite().or_else(|| {
+        let nft = Command::new("sh").args(["-c", "command -v nft"]).stdout(Stdio::null()).status();
+        (!nft.is_ok_and(|s| s.success())).then(|| "missing nft (scripts/test-deps.sh installs it)".into())
+    }) {
+        skip_or_fail(&why);
+        return;
+    }
+    let host_before = host_tables();
+    let lab = Lab::up();
+    let attacker = lab.var("ATTACKER_IP").to_string();
+    let mut agent = Agent::start(&lab, "enforce");
+    assert!(lab.command(&["probe"]).status().unwrap().success(), "the attacker cannot reach sshd at all");
+
+    lab.script(&["attack", "5", "root"], &[("LAB_PARALLEL", "1")]);
+    agent.wait_journal("the block_ip outcome", |e| {
+        e["kind"] == "action"
+            && e["action"]["outcome"] != "intent"
+            && e["action"]["target"] == attacker.as_str()
+    });
+    // The attacker's next connection does not get through (the lab's sshd still listens).
+    assert!(!lab.command(&["probe"]).status().unwrap().success(), "the attacker still reaches sshd");
+    let set = lab.script(&["exec", "nft", "list", "set", "inet", "picket", "block4"], &[]);
+    assert!(String::from_utf8_lossy(&set.stdout).contains(&attacker), "the attacker is not in the set");
+    agent.stop();
+
+    let events = agent.export();
+    let actions: Vec<&Value> = events.iter().filter(|e| e["kind"] == "action").collect();
+    let outcomes: Vec<&str> = actions.iter().filter_map(|a| a["action"]["outcome"].as_str()).collect();
+    assert_eq!(outcomes, ["intent", "succeeded"], "{actions:#?}");
+    let alert = events.iter().find(|e| str_of(e, &["rule", "id"]) == Some("ssh-brute-force")).unwrap();
+    // The decision is journaled before the action runs, the outcome after.
+    assert!(seq(alert) < seq(actions[0]) && seq(actions[0]) < seq(actions[1]));
+    assert_eq!(actions[1]["action"]["ttl_secs"], 3600, "{}", actions[1]);
+    assert_eq!(host_tables(), host_before, "the host's nftables changed");
 }

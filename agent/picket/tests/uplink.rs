@@ -416,8 +416,12 @@ fn forged_replayed_unknown_and_gapped_batches_are_rejected_and_reported() {
     let mut collector = lab.start_collector();
     std::thread::sleep(Duration::from_millis(500));
     let mut agent = lab.start_agent();
-    lab.wait_collected(100, Duration::from_secs(30));
+    lab.wait_in_sync(Duration::from_secs(30));
     agent.term();
+    // Whatever the agent journaled while stopping is not part of this test: from here on the
+    // output must not change, whatever is injected.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = lab.collected();
 
     // Real batches, sealed by the device's key, read back the way the collector got them: reseal
     // from the journal with a copy of the key.
@@ -479,9 +483,9 @@ fn forged_replayed_unknown_and_gapped_batches_are_rejected_and_reported() {
         std::thread::sleep(Duration::from_millis(100));
     }
     collector.term();
-    // Nothing forged reached the output: still exactly the journaled events (the gapped batch's
-    // events are duplicates of seqs 1..=3 and were deduplicated).
-    assert_exactly_once_in_lane_order(&lab.collected(), &lab.journaled());
+    // Nothing forged reached the output (the gapped batch's events are duplicates of seqs 1..=3
+    // and were deduplicated).
+    assert_eq!(lab.collected(), before);
     let status = std::fs::read_to_string(lab.p("collect/collector-status.json")).unwrap();
     assert!(status.contains("unknown_key"), "{status}");
 }
