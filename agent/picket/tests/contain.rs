@@ -294,7 +294,7 @@ fn five_failed_logins_block_the_attacker_in_the_namespace_and_revert_unblocks_it
     assert!(why.contains(&format!("protected network 10.254.{x}.128/25")), "{why}");
 
     // Timing, from the journal: the 5th failure line's own timestamp to the block's outcome
-    // (includes the auth source's poll interval), and the decision to the kernel.
+    // and the decision to the kernel.
     let fifth = events
         .iter()
         .filter(|e| e["kind"] == "auth.failure" && e["source"]["ip"] == attacker.as_str())
@@ -303,12 +303,13 @@ fn five_failed_logins_block_the_attacker_in_the_namespace_and_revert_unblocks_it
     let line_to_block = nanos(outcome) - nanos(fifth);
     let decision_to_block = nanos(outcome) - nanos(intent);
     println!(
-        "TIMING: 5th failure line -> block in the kernel set: {:.3} ms (auth source polls every 250 ms); \
+        "TIMING: 5th failure line -> block in the kernel set: {:.3} ms \
          decision (intent) -> block done: {:.3} ms",
         line_to_block as f64 / 1e6,
         decision_to_block as f64 / 1e6
     );
-    assert!(decision_to_block < 2_000_000, "decision to block took {decision_to_block} ns");
+    // Printed, not asserted: latency is a benchmark's job (scripts/lab/block-latency.sh, release
+    // build), and this is a debug build on a shared machine.
 
     // picket actions list shows it; revert (in the namespace, where the set is) removes it.
     let list = agent.actions(&["list"]);

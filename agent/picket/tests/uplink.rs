@@ -263,7 +263,10 @@ fn events_journaled_while_offline_arrive_once_in_order_when_the_broker_returns()
     let mut lab = Lab::new();
     lab.broker.stop(); // offline from the start
     lab.agent_config("agent", "");
-    lab.collect_config();
+    // Through a shared subscription ($share/soc/...), as a SOC running several collectors would.
+    let collect = lab.collect_config();
+    let text = std::fs::read_to_string(&collect).unwrap();
+    std::fs::write(&collect, format!("{text}share_group = \"soc\"\n")).unwrap();
     lab.enrol();
     lab.journal_events(3000);
     let _agent = lab.start_agent();
