@@ -43,7 +43,6 @@ class Gen:
         self.host = "vm"
         self.t = datetime(2026, 11, 23, 0, 0, 0, tzinfo=timezone.utc)
         self.pid = 10000
-        r = self.r
         self.attackers = [self.rand_ip(v6=(i % 6 == 0)) for i in range(4000)]
         self.users_ok = [self.rand_ip(v6=(i % 6 == 0)) for i in range(50)]
         self.out = []

@@ -310,33 +310,58 @@ failed_lines() { # count of `Failed password` lines from the attacker for user $
     "$DIR/auth.log" || true
 }
 
-# One password per connection, as scanners do (sshpass exits 5 on a refused password).
-guess() {
-  if in_attacker timeout 30 sshpass -p "$2" ssh "${ssh_opts[@]}" -o PreferredAuthentications=password \
-    -o PubkeyAuthentication=no -o NumberOfPasswordPrompts=1 "$1@$VICTIM_IP" true; then
-    echo "$PROG: the password guess for $1 succeeded?" >&2
-  fi
-  return 0
+have_failed() { [ "$(failed_lines "$1")" -ge "$2" ]; } # have_failed USER COUNT
+
+# One password per connection, as scanners do: start_guess USER PASSWORD (pid in GUESS_PID).
+start_guess() {
+  ip netns exec "$ATTACKER_NS" timeout 30 sshpass -p "$2" ssh "${ssh_opts[@]}" \
+    -o PreferredAuthentications=password -o PubkeyAuthentication=no -o NumberOfPasswordPrompts=1 \
+    "$1@$VICTIM_IP" true </dev/null >/dev/null 2>&1 &
+  GUESS_PID=$!
+}
+
+# After its line is logged a client normally ends at once (sshpass exits 5 on a refused password);
+# one whose address was just blocked waits for an answer that never comes: end it after 3 s.
+finish_guesses() { # finish_guesses PID...
+  local i pid rc
+  for ((i = 0; i < 60; i++)); do
+    kill -0 "$@" 2>/dev/null || break # true while any is still running
+    sleep 0.05
+  done
+  kill -TERM "$@" 2>/dev/null || true
+  for pid in "$@"; do
+    rc=0
+    wait "$pid" || rc=$?
+    [ "$rc" -ne 0 ] || echo "$PROG: a password guess succeeded?" >&2
+  done
+}
+
+stop_guesses() { # the attack failed: end its clients, then exit 1
+  kill -TERM "$@" 2>/dev/null || true
+  wait "$@" 2>/dev/null || true
+  exit 1
 }
 
 cmd_attack() {
-  local n=${1:-5} user=${2:-root} i before pw
+  local n=${1:-5} user=${2:-root} i before pids=()
   load_env
   [[ "$user" =~ ^[A-Za-z0-9._-]+$ ]] || die "user name '$user': letters, digits, . _ - only"
   before=$(failed_lines "$user")
   if [ "${LAB_PARALLEL:-0}" = 1 ]; then
     # All N connections at once (as hydra -t N does): PAM's fail delay is paid once, not N times.
     for ((i = 1; i <= n; i++)); do
-      guess "$user" "wrong-$RANDOM-$i" &
+      start_guess "$user" "wrong-$RANDOM-$i"
+      pids+=("$GUESS_PID")
     done
-    wait
-    wait_for 15 "$n failed attempts in $DIR/auth.log" \
-      test "$(failed_lines "$user")" -ge $((before + n)) || exit 1
+    wait_for 20 "$n failed attempts in $DIR/auth.log" have_failed "$user" $((before + n)) ||
+      stop_guesses "${pids[@]}"
+    finish_guesses "${pids[@]}"
   else
     for ((i = 1; i <= n; i++)); do
-      guess "$user" "wrong-$RANDOM-$i"
-      wait_for 10 "failed attempt $i of $n in $DIR/auth.log" \
-        test "$(failed_lines "$user")" -ge $((before + i)) || exit 1
+      start_guess "$user" "wrong-$RANDOM-$i"
+      wait_for 15 "failed attempt $i of $n in $DIR/auth.log" have_failed "$user" $((before + i)) ||
+        stop_guesses "$GUESS_PID"
+      finish_guesses "$GUESS_PID"
     done
   fi
   echo "attack: $n failed password attempts as $user from $ATTACKER_IP"
