@@ -13,10 +13,11 @@
 #   sshpass
 #   fail2ban, sshguard            peers measured side by side in the benchmarks
 #   passwd, login                 useradd/usermod for lock_account tests (a user the test adds)
+#   time                          GNU time for scripts/bench/auth-replay.sh
 set -euo pipefail
 
 PACKAGES=(gcc libc6-dev pkg-config procps iproute2 openssl mosquitto nftables openssh-server rsyslog sshpass
-  fail2ban sshguard passwd login)
+  fail2ban sshguard passwd login time)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
