@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 pub mod auth;
 pub mod file;
+pub mod process;
 
 /// Errors a source can end with.
 #[derive(Debug, thiserror::Error)]

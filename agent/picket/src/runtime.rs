@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use picket_capture::auth::AuthSource;
 use picket_capture::file::FileSource;
+use picket_capture::process::ProcessSource;
 use picket_capture::{CaptureError, Drops, EventTx, Shutdown, SourceStatus, shutdown_pair};
 use picket_contain::actuator::{
     self, ActionContext, Backend, Containment, HostBackend, Prepared, SystemClock,
@@ -427,10 +428,18 @@ fn spawn_sources(
     } else {
         status.set(AuthSource::NAME, "disabled");
     }
-    // Sources whose capture is not in this build yet: say so plainly, once, and go on.
-    for (name, enabled) in [("process", s.process.enabled), ("network", s.network.enabled)] {
-        status.set(name, if enabled { "unavailable: not in this build yet" } else { "disabled" });
+    if s.process.enabled {
+        let out = EventTx::new(ProcessSource::NAME, tx.clone(), drops.clone());
+        spawn_source(
+            ProcessSource::NAME,
+            status,
+            ProcessSource::new().run(out, status.clone(), shutdown.clone()),
+        );
+    } else {
+        status.set(ProcessSource::NAME, "disabled");
     }
+    // Network capture is not in this build yet: say so plainly, once, and go on.
+    status.set("network", if s.network.enabled { "unavailable: not in this build yet" } else { "disabled" });
 }
 
 /// Run a source as its own task; a source that ends with an error shows as `failed: ...` in
@@ -497,7 +506,9 @@ async fn pipeline(mut rx: mpsc::Receiver<Event>, journal: mpsc::Sender<JournalCm
                         rule_id: d.rule_id.to_string(),
                         mode,
                         severity: d.severity,
-                        process_start_time: None,
+                        // The start time the process source read at exec: kill refuses a pid
+                        // that has been reused since.
+                        process_start_time: ev.process.as_ref().and_then(|p| p.start_ticks),
                     };
                     let prepared: Vec<Prepared> = d.actions.iter().map(|a| p.contain.prepare(a, &ctx)).collect();
                     alerts.push((alert_for(&d, &ev, mode, &prepared), prepared));

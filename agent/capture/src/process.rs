@@ -1,0 +1,765 @@
+//! Process events from the netlink process connector (`cn_proc`): `process.start` for every
+//! exec and `process.exit` for every process that ends, enriched from /proc.
+//!
+//! | kernel (cn_proc)            | picket                                                        |
+//! |-----------------------------|---------------------------------------------------------------|
+//! | `PROC_EVENT_FORK` (process) | no event; the child enters the process table with its parent  |
+//! | `PROC_EVENT_FORK` (thread)  | nothing                                                       |
+//! | `PROC_EVENT_EXEC`           | `process.start`, /proc read at once                           |
+//! | `PROC_EVENT_EXIT` (process) | `process.exit` with `exit_code` and `event.duration`          |
+//! | `PROC_EVENT_EXIT` (thread)  | nothing                                                       |
+//! | uid, gid, sid, comm, ptrace, coredump | nothing                                             |
+//!
+//! # Fields
+//!
+//! `process.start`: `process.pid`, `process.executable` (execve's filename made absolute,
+//! symlinks not followed: see [`procfs`] for how, and its limits), `process.resolved_executable`
+//! (/proc/PID/exe), `process.name` (base name of `executable`, else the kernel's `comm`),
+//! `process.args` (argv in full up to [`procfs::MAX_CMDLINE`] bytes), `process.command_line`
+//! (argv joined by single spaces, no quoting), `process.working_directory`,
+//! `process.start_ticks` (field 22 of /proc/PID/stat, which containment checks against PID
+//! reuse), `process.parent.{pid,name,executable,command_line}` (from the process table, so they
+//! are there even when the parent is gone from /proc), `user.id` and `user.name` (the effective
+//! user). `@timestamp` is the kernel's time of the exec, not the time picket read /proc.
+//!
+//! `process.exit`: `process.pid`, `process.exit_code` (the exit status, or 128 + the signal
+//! number for a process killed by a signal, as shells report it; `message` then names the
+//! signal), `event.duration` (nanoseconds since the fork, when it was seen), and what the process
+//! table knew: `name`, `executable`, `command_line` (cut at
+//! [`cache::MAX_CACHED_COMMAND_LINE`]), `start_ticks`, `parent.pid`.
+//!
+//! # Losses, counted
+//!
+//! * Messages the kernel could not deliver (the socket buffer overflowed: `ENOBUFS`) are counted
+//!   exactly from holes in the kernel's per-CPU sequence numbers as drops `process.overrun`.
+//! * A process gone (or already a zombie) before /proc could be read, or one that exec'd again
+//!   before the first exec was handled, still gets its `process.start`, with what is known
+//!   (`pid`; `parent.*` from the fork; `name`, `start_ticks` and the user while a zombie still
+//!   shows them) and a `message` saying so; it is counted as `process.vanished`. The event is
+//!   not lost, only thin.
+//! * A full pipeline queue drops events as `process.queue_full`, like every source.
+//! * The status line shows the counts: `running (12 lost to 1 overruns; 3 vanished before /proc
+//!   was read)`, and whether the reader runs below real-time priority.
+//!
+//! # Threads
+//!
+//! One dedicated thread (`picket-process`) blocks in `recv` on the netlink socket, reads /proc
+//! and sends with [`EventTx::send`] (never waits); the async side only waits for shutdown. The
+//! thread runs at real-time priority while that is cheap (see [`sched`] for why, with numbers,
+//! and the governor that bounds it). Messages already queued are handled as one batch: /proc is
+//! read for every exec in the batch, fragile parts first ([`procfs::Part`]), before any event is
+//! built, and an exec followed by another exec of the same pid in the batch is known to be stale
+//! without reading /proc. Socket buffer: [`netlink::RCVBUF`]; process table bounds:
+//! [`cache::MAX_ENTRIES`], [`cache::MAX_BYTES`].
+//!
+//! # Requirements and limits
+//!
+//! Subscribing needs CAP_NET_ADMIN, reading the exec filename and other users' /proc entries
+//! needs root (CAP_SYS_PTRACE), and the connector serves only the initial network namespace.
+//! Without these the status says `unavailable: ...` once and the agent runs on without process
+//! events. Not done: the eBPF exec tracepoint or fanotify `FAN_OPEN_EXEC` (which would give the
+//! path of processes that vanish), executable hashes, container ids, uid/gid change events, a
+//! polling fallback. A main thread that exits while other threads run is reported as the
+//! process's exit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use picket_event::{Event, EventKind, ParentProcess, Process, Timestamp, User, severity};
+use tokio::sync::oneshot;
+
+use crate::{CaptureError, EventTx, SendError, Shutdown, SourceStatus};
+
+pub mod cache;
+pub mod netlink;
+pub mod procfs;
+pub mod sched;
+
+use cache::{Image, ProcCache};
+use netlink::{ConnEvent, Connector, Message, Recv, SeqTracker};
+use procfs::{Part, ProcReader, Snapshot};
+
+const DATASET: &str = "picket.process";
+const MODULE: &str = "netlink";
+
+/// At most this many queued messages are handled as one batch.
+pub const BATCH: usize = 256;
+
+/// How long the subscription's answer from the kernel is waited for.
+const ACK_WAIT: Duration = Duration::from_secs(1);
+
+/// How often the status line is refreshed (when it changed).
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// Clock ticks per second in /proc/PID/stat: USER_HZ is 100 on every Linux ABI.
+const TICKS_PER_SEC: u64 = 100;
+
+/// Where the tracker gets /proc facts from: the real /proc ([`ProcReader`]) or a test double.
+pub trait Procfs {
+    /// Read one part of what /proc shows of `pid` into `snap`.
+    fn read_part(&mut self, pid: u32, part: Part, snap: &mut Snapshot);
+    /// Everything readable about `pid` now.
+    fn snapshot(&mut self, pid: u32) -> Snapshot {
+        let mut s = Snapshot::default();
+        for part in Part::ALL {
+            self.read_part(pid, part, &mut s);
+        }
+        s
+    }
+    /// The name of user `uid`.
+    fn user_name(&mut self, uid: u32) -> Option<String>;
+}
+
+impl Procfs for ProcReader {
+    fn read_part(&mut self, pid: u32, part: Part, snap: &mut Snapshot) {
+        ProcReader::read_part(self, pid, part, snap);
+    }
+
+    fn user_name(&mut self, uid: u32) -> Option<String> {
+        ProcReader::user_name(self, uid)
+    }
+}
+
+/// What a batch added to the loss counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchCounts {
+    /// Kernel messages missed (sequence holes).
+    pub lost: u64,
+    /// `process.start` events sent without /proc details.
+    pub vanished: u64,
+}
+
+/// Turns connector messages into events: the process table and the loss accounting. No I/O of
+/// its own; /proc comes through [`Procfs`].
+#[derive(Debug, Default)]
+pub struct Tracker {
+    cache: ProcCache,
+    seq: SeqTracker,
+    /// Per message of the batch being handled: its /proc snapshot (execs not known to be stale).
+    snaps: Vec<Option<Snapshot>>,
+    /// Per message: an exec of the same pid follows in the batch.
+    stale: Vec<bool>,
+    last_exec: std::collections::HashMap<u32, usize>,
+    /// CLOCK_BOOTTIME minus CLOCK_MONOTONIC (time spent suspended), to place /proc start times.
+    boot_offset_ns: u64,
+}
+
+impl Tracker {
+    /// `boot_offset_ns`: CLOCK_BOOTTIME minus CLOCK_MONOTONIC now (0 if never suspended).
+    pub fn new(cache: ProcCache, boot_offset_ns: u64) -> Tracker {
+        Tracker { cache, boot_offset_ns, ..Tracker::default() }
+    }
+
+    pub fn cache(&self) -> &ProcCache {
+        &self.cache
+    }
+
+    /// Remember a process seen in a /proc scan (at start), so its children's events name it.
+    pub fn learn(&mut self, pid: u32, snap: &Snapshot) {
+        let Some(stat) = &snap.stat else { return };
+        let start_ns =
+            stat.start_ticks.saturating_mul(1_000_000_000 / TICKS_PER_SEC).checked_sub(self.boot_offset_ns);
+        self.cache.insert(
+            pid,
+            cache::Entry {
+                ppid: Some(stat.ppid),
+                image: (!snap.is_vanished()).then(|| Arc::new(image_of(snap))),
+                start_ns,
+                start_ticks: Some(stat.start_ticks),
+                ..cache::Entry::default()
+            },
+        );
+    }
+
+    /// Handle one batch of messages in kernel order, calling `emit` for each event.
+    /// `wall_offset_ns` turns the kernel's CLOCK_MONOTONIC stamps into wall-clock time.
+    pub fn handle_batch(
+        &mut self,
+        batch: &[Message],
+        fs: &mut impl Procfs,
+        wall_offset_ns: i64,
+        emit: &mut impl FnMut(Event),
+    ) -> BatchCounts {
+        let mut counts = BatchCounts::default();
+        // Which execs are already superseded by a later exec of the same pid in this batch.
+        self.last_exec.clear();
+        self.stale.clear();
+        self.stale.resize(batch.len(), false);
+        for (i, m) in batch.iter().enumerate() {
+            if let ConnEvent::Exec { tgid, .. } = m.event
+                && let Some(prev) = self.last_exec.insert(tgid, i)
+            {
+                self.stale[prev] = true;
+            }
+        }
+        // Read /proc for every live exec first: that is the race against the process's exit.
+        // Part by part across the batch, so the last exec's argv is not read after the first
+        // one's every file.
+        self.snaps.clear();
+        self.snaps.resize(batch.len(), None);
+        for part in Part::ALL {
+            for (i, m) in batch.iter().enumerate() {
+                if let ConnEvent::Exec { tgid, .. } = m.event
+                    && !self.stale[i]
+                {
+                    fs.read_part(tgid, part, self.snaps[i].get_or_insert_default());
+                }
+            }
+        }
+        for (i, m) in batch.iter().enumerate() {
+            counts.lost += self.seq.observe(m.cpu, m.seq);
+            let ts = wall_time(m.timestamp_ns, wall_offset_ns);
+            match m.event {
+                ConnEvent::Fork { parent_tgid, child_pid, child_tgid } if child_pid == child_tgid => {
+                    self.cache.fork(parent_tgid, child_tgid, m.timestamp_ns);
+                }
+                ConnEvent::Exec { tgid, .. } => {
+                    let snap = self.snaps[i].take();
+                    let (ev, vanished) = self.on_exec(tgid, snap, m.timestamp_ns, ts, fs);
+                    counts.vanished += u64::from(vanished);
+                    emit(ev);
+                }
+                ConnEvent::Exit { pid, tgid, exit_code, parent_tgid } if pid == tgid => {
+                    emit(self.on_exit(tgid, exit_code, parent_tgid, m.timestamp_ns, ts));
+                }
+                _ => {}
+            }
+        }
+        counts
+    }
+
+    fn on_exec(
+        &mut self,
+        pid: u32,
+        snap: Option<Snapshot>,
+        mono_ns: u64,
+        ts: Timestamp,
+        fs: &mut impl Procfs,
+    ) -> (Event, bool) {
+        let mut ev = base_event(EventKind::ProcessStart, ts);
+        // No snapshot: a later exec of the same pid was already queued, so /proc shows that one.
+        let stale = snap.is_none();
+        let snap = snap.unwrap_or_default();
+        let vanished = snap.is_vanished();
+        let known = self.cache.peek(pid);
+        let ppid = snap.stat.as_ref().map(|s| s.ppid).or(known.and_then(|e| e.ppid));
+        let mut p = Process { pid: Some(pid), ..Process::default() };
+        let image = (!vanished).then(|| image_of(&snap));
+        if let Some(img) = &image {
+            p.name = Some(img.name.clone());
+            p.executable.clone_from(&img.executable);
+        } else {
+            p.name = snap.stat.as_ref().map(|s| s.comm.clone());
+            ev.message = Some(if stale {
+                "process exec'd again before /proc could be read".to_string()
+            } else {
+                "process exited before /proc could be read".to_string()
+            });
+        }
+        p.resolved_executable = snap.exe.clone();
+        p.working_directory = snap.cwd.clone();
+        p.start_ticks = snap.stat.as_ref().map(|s| s.start_ticks);
+        if let Some(argv) = snap.argv {
+            p.command_line = Some(argv.join(" "));
+            p.args = Some(argv);
+        }
+        if let Some(ids) = snap.ids {
+            ev.user = Some(User { id: Some(ids.euid.to_string()), name: fs.user_name(ids.euid) });
+        }
+        if let Some(ppid) = ppid.filter(|&p| p != 0) {
+            p.parent = Some(self.parent(ppid, fs));
+        }
+        self.cache.exec(pid, ppid, image, p.start_ticks, mono_ns);
+        ev.process = Some(p);
+        (ev, vanished)
+    }
+
+    /// `process.parent.*` for `ppid`: from the table, else read from /proc once and remembered.
+    fn parent(&mut self, ppid: u32, fs: &mut impl Procfs) -> ParentProcess {
+        if self.cache.get(ppid).is_none() {
+            let snap = fs.snapshot(ppid);
+            if !snap.is_vanished() {
+                self.learn(ppid, &snap);
+            }
+        }
+        let img = self.cache.get(ppid).and_then(|e| e.image.clone());
+        ParentProcess {
+            pid: Some(ppid),
+            name: img.as_ref().map(|i| i.name.clone()),
+            executable: img.as_ref().and_then(|i| i.executable.clone()),
+            command_line: img.as_ref().and_then(|i| i.command_line.clone()),
+        }
+    }
+
+    fn on_exit(
+        &mut self,
+        pid: u32,
+        status: u32,
+        parent_tgid: Option<u32>,
+        mono_ns: u64,
+        ts: Timestamp,
+    ) -> Event {
+        let mut ev = base_event(EventKind::ProcessExit, ts);
+        let entry = self.cache.remove(pid);
+        let (code, signal) = decode_exit(status);
+        let mut p = Process { pid: Some(pid), exit_code: Some(code), ..Process::default() };
+        if let Some(sig) = signal {
+            let core = if status & 0x80 != 0 { " (core dumped)" } else { "" };
+            ev.message = Some(format!("killed by signal {sig}{core}"));
+        }
+        // The kernel reports parent 0 when the parent already reaped the process (it reads the
+        // parent only while the task is still hashed): fall back to what the table knew.
+        let ppid =
+            parent_tgid.filter(|&p| p != 0).or(entry.as_ref().and_then(|e| e.ppid)).filter(|&p| p != 0);
+        if let Some(e) = entry {
+            if let Some(img) = &e.image {
+                p.name = Some(img.name.clone());
+                p.executable.clone_from(&img.executable);
+                p.command_line.clone_from(&img.command_line);
+            }
+            p.start_ticks = e.start_ticks;
+            ev.event.duration = e.start_ns.map(|s| mono_ns.saturating_sub(s));
+        }
+        if let Some(ppid) = ppid {
+            let img = self.cache.peek(ppid).and_then(|e| e.image.clone());
+            p.parent = Some(ParentProcess {
+                pid: Some(ppid),
+                name: img.as_ref().map(|i| i.name.clone()),
+                executable: img.as_ref().and_then(|i| i.executable.clone()),
+                ..ParentProcess::default()
+            });
+        }
+        ev.process = Some(p);
+        ev
+    }
+}
+
+/// (exit code, killing signal) from a wait status: `code << 8` for an exit, the signal number
+/// (`| 0x80` with a core dump) for a kill, which reports as 128 + signal.
+pub fn decode_exit(status: u32) -> (i32, Option<u32>) {
+    let sig = status & 0x7f;
+    if sig == 0 {
+        (i32::from(u8::try_from((status >> 8) & 0xff).unwrap_or(0)), None)
+    } else {
+        (128 + i32::from(u8::try_from(sig).unwrap_or(0)), Some(sig))
+    }
+}
+
+fn image_of(snap: &Snapshot) -> Image {
+    let executable = snap.executable();
+    let name = match (&executable, &snap.stat) {
+        (Some(e), _) => procfs::base_name(e).to_string(),
+        (None, Some(s)) => s.comm.clone(),
+        (None, None) => String::new(),
+    };
+    let command_line =
+        snap.argv.as_ref().map(|a| cache::truncate(&a.join(" "), cache::MAX_CACHED_COMMAND_LINE).to_string());
+    Image { name, executable, command_line }
+}
+
+fn base_event(kind: EventKind, ts: Timestamp) -> Event {
+    let mut ev = Event::new(kind, ts);
+    ev.event.severity = severity::INFO;
+    ev.event.dataset = Some(DATASET.to_string());
+    ev.event.module = Some(MODULE.to_string());
+    ev
+}
+
+fn wall_time(mono_ns: u64, offset_ns: i64) -> Timestamp {
+    Timestamp::from_unix_nanos(i64::try_from(mono_ns).unwrap_or(i64::MAX).saturating_add(offset_ns))
+}
+
+fn clock_ns(id: rustix::time::ClockId) -> i64 {
+    let t = rustix::time::clock_gettime(id);
+    t.tv_sec.saturating_mul(1_000_000_000).saturating_add(t.tv_nsec)
+}
+
+/// CLOCK_REALTIME minus CLOCK_MONOTONIC, now. Taken per batch, so a stepped wall clock is
+/// followed.
+fn wall_offset() -> i64 {
+    clock_ns(rustix::time::ClockId::Realtime) - clock_ns(rustix::time::ClockId::Monotonic)
+}
+
+/// CLOCK_BOOTTIME minus CLOCK_MONOTONIC (time spent suspended).
+fn boot_offset() -> u64 {
+    let d = clock_ns(rustix::time::ClockId::Boottime) - clock_ns(rustix::time::ClockId::Monotonic);
+    u64::try_from(d).unwrap_or(0)
+}
+
+/// The process source.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessSource {}
+
+impl ProcessSource {
+    /// The source's name in status and drop counters.
+    pub const NAME: &'static str = "process";
+
+    pub fn new() -> ProcessSource {
+        ProcessSource::default()
+    }
+
+    /// Runs until `shutdown` fires or the pipeline closes, then returns `Ok(())`. Without the
+    /// privileges or kernel support it needs, it sets the status to `unavailable: ...` and
+    /// returns `Ok(())` at once.
+    pub async fn run(
+        self,
+        out: EventTx,
+        status: SourceStatus,
+        mut shutdown: Shutdown,
+    ) -> Result<(), CaptureError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done_tx, mut done_rx) = oneshot::channel();
+        {
+            let stop = Arc::clone(&stop);
+            let status = status.clone();
+            std::thread::Builder::new()
+                .name("picket-process".into())
+                .spawn(move || {
+                    let _ = done_tx.send(reader(&out, &status, &stop));
+                })
+                .map_err(|e| CaptureError::Failed {
+                    source_name: Self::NAME,
+                    message: format!("thread: {e}"),
+                })?;
+        }
+        let ended = tokio::select! {
+            () = shutdown.wait() => None,
+            r = &mut done_rx => Some(r),
+        };
+        let result = match ended {
+            Some(r) => r,
+            None => {
+                // The reader notices within its receive timeout.
+                stop.store(true, Ordering::Relaxed);
+                done_rx.await
+            }
+        };
+        result.unwrap_or_else(|_| {
+            Err(CaptureError::Failed { source_name: Self::NAME, message: "reader thread panicked".into() })
+        })
+    }
+}
+
+/// `running`, then what is worth knowing: losses, and a reader not at real-time priority.
+fn status_line(lost: u64, overruns: u64, vanished: u64, governor: &sched::Governor) -> String {
+    let mut notes = Vec::new();
+    if lost > 0 || overruns > 0 {
+        notes.push(format!("{lost} lost to {overruns} overruns"));
+    }
+    if vanished > 0 {
+        notes.push(format!("{vanished} vanished before /proc was read"));
+    }
+    if let Some(why) = governor.refused() {
+        notes.push(format!("normal priority: real-time refused: {why}"));
+    } else if governor.policy() == sched::Policy::Normal {
+        notes.push("normal priority: busy".to_string());
+    }
+    if governor.demotions > 0 {
+        notes.push(format!("left real-time {} times under load", governor.demotions));
+    }
+    if notes.is_empty() { "running".to_string() } else { format!("running ({})", notes.join("; ")) }
+}
+
+fn failed(message: String) -> CaptureError {
+    CaptureError::Failed { source_name: ProcessSource::NAME, message }
+}
+
+/// The reader thread: subscribe, scan /proc, then receive until stopped.
+fn reader(out: &EventTx, status: &SourceStatus, stop: &AtomicBool) -> Result<(), CaptureError> {
+    let name = ProcessSource::NAME;
+    let unavailable = |why: String| status.set(name, format!("unavailable: {why}"));
+    let caps = std::fs::read("/proc/self/status").unwrap_or_default();
+    if !procfs::status_has_cap(&caps, procfs::CAP_NET_ADMIN) {
+        unavailable("the netlink process connector needs CAP_NET_ADMIN (run as root)".into());
+        return Ok(());
+    }
+    let mut conn = match Connector::open() {
+        Ok(c) => c,
+        Err(e) => {
+            unavailable(e.to_string());
+            return Ok(());
+        }
+    };
+    let ack = std::process::id() | 0x5000_0000;
+    if let Err(e) = conn.subscribe(ack) {
+        unavailable(e.to_string());
+        return Ok(());
+    }
+
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut batch: Vec<Message> = Vec::with_capacity(BATCH);
+    let mut overruns = 0u64;
+    // The kernel answers the subscription among the events; keep the events that come with it.
+    let deadline = Instant::now() + ACK_WAIT;
+    'ack: while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        let from = batch.len();
+        match conn.recv(&mut buf, true).map_err(|e| failed(format!("receiving: {e}")))? {
+            Recv::Data(n) => netlink::parse_datagram(&buf[..n], &mut batch),
+            Recv::Overrun => {
+                overruns += 1;
+                continue;
+            }
+            Recv::Empty | Recv::Spoofed => continue,
+        }
+        for m in &batch[from..] {
+            if let ConnEvent::Ack { err, ack: a } = m.event
+                && a == ack.wrapping_add(1)
+            {
+                if err != 0 {
+                    unavailable(netlink::OpenError::Refused(err).to_string());
+                    return Ok(());
+                }
+                break 'ack;
+            }
+        }
+    }
+
+    // Real-time from here on: the scan below and every /proc read race exiting processes.
+    let mut governor = sched::Governor::start();
+    let mut fs = ProcReader::default();
+    let mut tracker = Tracker::new(ProcCache::default(), boot_offset());
+    // What runs already, so the first events name their parents. Half the table at most: the
+    // rest is for what starts from now on.
+    for pid in ProcReader::pids() {
+        if tracker.cache().len() >= cache::MAX_ENTRIES / 2 {
+            break;
+        }
+        let snap = fs.snapshot(pid);
+        tracker.learn(pid, &snap);
+    }
+
+    let mut closed = false;
+    let mut lost = 0u64;
+    let mut vanished = 0u64;
+    let mut shown = String::new();
+    let mut last_status: Option<Instant> = None;
+    let mut shown_policy = governor.policy();
+    loop {
+        governor.tick();
+        let line = status_line(lost, overruns, vanished, &governor);
+        // Counts are shown at most once a second; a change of priority at once.
+        let due =
+            last_status.is_none_or(|t| t.elapsed() >= STATUS_EVERY) || governor.policy() != shown_policy;
+        if line != shown && due {
+            shown_policy = governor.policy();
+            status.set(name, line.clone());
+            shown = line;
+            last_status = Some(Instant::now());
+        }
+        if closed || stop.load(Ordering::Relaxed) || out.is_closed() {
+            break;
+        }
+        if batch.is_empty() {
+            match conn.recv(&mut buf, true).map_err(|e| failed(format!("receiving: {e}")))? {
+                Recv::Data(n) => netlink::parse_datagram(&buf[..n], &mut batch),
+                Recv::Overrun => overruns += 1,
+                Recv::Empty | Recv::Spoofed => {}
+            }
+        }
+        // Take what is already queued too, up to a batch.
+        while !batch.is_empty() && batch.len() < BATCH {
+            match conn.recv(&mut buf, false).map_err(|e| failed(format!("receiving: {e}")))? {
+                Recv::Data(n) => netlink::parse_datagram(&buf[..n], &mut batch),
+                Recv::Overrun => overruns += 1,
+                Recv::Spoofed => {}
+                Recv::Empty => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let counts = tracker.handle_batch(&batch, &mut fs, wall_offset(), &mut |ev| {
+            if out.send(ev) == Err(SendError::Closed) {
+                closed = true;
+            }
+        });
+        batch.clear();
+        if counts.lost > 0 {
+            lost += counts.lost;
+            out.count_drop("overrun", counts.lost);
+        }
+        if counts.vanished > 0 {
+            vanished += counts.vanished;
+            out.count_drop("vanished", counts.vanished);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use procfs::{Ids, Stat};
+    use std::collections::HashMap;
+
+    #[derive(Default)]
+    struct FakeProc {
+        procs: HashMap<u32, Snapshot>,
+        reads: Vec<u32>,
+    }
+
+    impl Procfs for FakeProc {
+        fn read_part(&mut self, pid: u32, part: Part, snap: &mut Snapshot) {
+            let Some(p) = self.procs.get(&pid) else { return };
+            match part {
+                Part::Program => {
+                    self.reads.push(pid);
+                    snap.argv.clone_from(&p.argv);
+                    snap.execfn.clone_from(&p.execfn);
+                }
+                Part::Files => {
+                    snap.exe.clone_from(&p.exe);
+                    snap.cwd.clone_from(&p.cwd);
+                }
+                Part::Task => {
+                    snap.stat.clone_from(&p.stat);
+                    snap.ids = p.ids;
+                }
+            }
+        }
+        fn user_name(&mut self, uid: u32) -> Option<String> {
+            (uid == 0).then(|| "root".into())
+        }
+    }
+
+    fn snap(argv: &[&str], execfn: &str, exe: &str, ppid: u32) -> Snapshot {
+        Snapshot {
+            argv: Some(argv.iter().map(|s| s.to_string()).collect()),
+            argv_truncated: false,
+            execfn: Some(execfn.into()),
+            exe: Some(exe.into()),
+            cwd: Some("/root".into()),
+            stat: Some(Stat { comm: "c".into(), state: 'R', ppid, start_ticks: 4242 }),
+            ids: Some(Ids { uid: 1000, euid: 0, gid: 0, egid: 0 }),
+        }
+    }
+
+    fn msg(seq: u32, ts: u64, event: ConnEvent) -> Message {
+        Message { cpu: 0, seq, timestamp_ns: ts, event }
+    }
+
+    fn run(t: &mut Tracker, fs: &mut FakeProc, batch: &[Message]) -> (Vec<Event>, BatchCounts) {
+        let mut out = Vec::new();
+        let c = t.handle_batch(batch, fs, 1_000, &mut |e| out.push(e));
+        (out, c)
+    }
+
+    #[test]
+    fn exec_becomes_a_start_event_with_the_exec_path_and_parent() {
+        let mut fs = FakeProc::default();
+        fs.procs.insert(10, snap(&["sh", "-c", "ls"], "/bin/sh", "/usr/bin/dash", 1));
+        fs.procs.insert(11, snap(&["ls", "-l", "a  b"], "/bin/ls", "/bin/busybox", 10));
+        let mut t = Tracker::default();
+        let (evs, c) = run(
+            &mut t,
+            &mut fs,
+            &[
+                msg(0, 5, ConnEvent::Fork { parent_tgid: 10, child_pid: 11, child_tgid: 11 }),
+                msg(1, 7, ConnEvent::Exec { pid: 11, tgid: 11 }),
+            ],
+        );
+        assert_eq!(c, BatchCounts::default());
+        assert_eq!(evs.len(), 1);
+        let ev = &evs[0];
+        assert_eq!(ev.kind, EventKind::ProcessStart);
+        assert_eq!(ev.timestamp, Timestamp::from_unix_nanos(1_007));
+        let p = ev.process.as_ref().unwrap();
+        assert_eq!(p.executable.as_deref(), Some("/bin/ls"));
+        assert_eq!(p.resolved_executable.as_deref(), Some("/bin/busybox"));
+        assert_eq!(p.name.as_deref(), Some("ls"));
+        assert_eq!(p.command_line.as_deref(), Some("ls -l a  b"));
+        assert_eq!(p.args.as_ref().unwrap().len(), 3);
+        assert_eq!(p.start_ticks, Some(4242));
+        let parent = p.parent.as_ref().unwrap();
+        assert_eq!(parent.pid, Some(10));
+        assert_eq!(parent.executable.as_deref(), Some("/bin/sh"), "parent read from /proc once");
+        assert_eq!(parent.command_line.as_deref(), Some("sh -c ls"));
+        assert_eq!(ev.user.as_ref().unwrap().id.as_deref(), Some("0"));
+        assert_eq!(ev.user.as_ref().unwrap().name.as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn vanished_and_superseded_execs_keep_what_is_known() {
+        let mut fs = FakeProc::default();
+        fs.procs.insert(10, snap(&["sh"], "/bin/sh", "/usr/bin/dash", 1));
+        fs.procs.insert(12, snap(&["true", "x"], "/bin/true", "/usr/bin/true", 10));
+        let mut t = Tracker::default();
+        let (evs, c) = run(
+            &mut t,
+            &mut fs,
+            &[
+                msg(0, 1, ConnEvent::Fork { parent_tgid: 10, child_pid: 11, child_tgid: 11 }),
+                msg(1, 2, ConnEvent::Exec { pid: 11, tgid: 11 }),
+                msg(2, 3, ConnEvent::Fork { parent_tgid: 10, child_pid: 12, child_tgid: 12 }),
+                msg(3, 4, ConnEvent::Exec { pid: 12, tgid: 12 }),
+                msg(4, 5, ConnEvent::Exec { pid: 12, tgid: 12 }),
+            ],
+        );
+        assert_eq!(c.vanished, 2);
+        assert_eq!(evs.len(), 3);
+        let gone = evs[0].process.as_ref().unwrap();
+        assert_eq!(gone.pid, Some(11));
+        assert_eq!(gone.parent.as_ref().unwrap().pid, Some(10), "ppid from the fork");
+        assert_eq!(gone.parent.as_ref().unwrap().executable.as_deref(), Some("/bin/sh"));
+        assert!(gone.executable.is_none() && gone.args.is_none());
+        assert!(evs[0].message.as_deref().unwrap().contains("exited before"));
+        assert!(evs[1].message.as_deref().unwrap().contains("exec'd again"));
+        // The first exec of 12 was superseded in the same batch: /proc read once, for the last.
+        assert!(evs[1].process.as_ref().unwrap().executable.is_none());
+        assert_eq!(evs[2].process.as_ref().unwrap().executable.as_deref(), Some("/bin/true"));
+        assert_eq!(fs.reads.iter().filter(|&&p| p == 12).count(), 1);
+    }
+
+    #[test]
+    fn exit_carries_code_duration_and_program_and_empties_the_table() {
+        let mut fs = FakeProc::default();
+        fs.procs.insert(11, snap(&["true"], "/bin/true", "/usr/bin/true", 10));
+        let mut t = Tracker::default();
+        let (evs, _) = run(
+            &mut t,
+            &mut fs,
+            &[
+                msg(0, 100, ConnEvent::Fork { parent_tgid: 10, child_pid: 11, child_tgid: 11 }),
+                msg(1, 150, ConnEvent::Exec { pid: 11, tgid: 11 }),
+                msg(2, 160, ConnEvent::Fork { parent_tgid: 11, child_pid: 13, child_tgid: 11 }),
+                msg(3, 170, ConnEvent::Exit { pid: 13, tgid: 11, exit_code: 0, parent_tgid: Some(10) }),
+                msg(4, 400, ConnEvent::Exit { pid: 11, tgid: 11, exit_code: 3 << 8, parent_tgid: Some(10) }),
+                msg(5, 500, ConnEvent::Exit { pid: 99, tgid: 99, exit_code: 9, parent_tgid: Some(1) }),
+                msg(6, 600, ConnEvent::Fork { parent_tgid: 10, child_pid: 14, child_tgid: 14 }),
+                msg(7, 700, ConnEvent::Exit { pid: 14, tgid: 14, exit_code: 0, parent_tgid: Some(0) }),
+            ],
+        );
+        assert_eq!(evs.len(), 4, "threads are not processes: {evs:#?}");
+        let exit = &evs[1];
+        assert_eq!(exit.kind, EventKind::ProcessExit);
+        let p = exit.process.as_ref().unwrap();
+        assert_eq!(p.exit_code, Some(3));
+        assert_eq!(p.executable.as_deref(), Some("/bin/true"));
+        assert_eq!(p.parent.as_ref().unwrap().pid, Some(10));
+        assert_eq!(exit.event.duration, Some(300), "from the fork");
+        let killed = &evs[2];
+        assert_eq!(killed.process.as_ref().unwrap().exit_code, Some(137));
+        assert_eq!(killed.message.as_deref(), Some("killed by signal 9"));
+        assert!(t.cache().peek(11).is_none());
+        let reaped = evs[3].process.as_ref().unwrap();
+        assert_eq!(reaped.parent.as_ref().unwrap().pid, Some(10), "parent 0 from the kernel: the fork's");
+    }
+
+    #[test]
+    fn sequence_holes_count_as_lost() {
+        let mut t = Tracker::default();
+        let mut fs = FakeProc::default();
+        let other = |s| msg(s, 0, ConnEvent::Other);
+        let (_, c) = run(&mut t, &mut fs, &[other(10), other(11), other(15)]);
+        assert_eq!(c.lost, 3);
+    }
+
+    #[test]
+    fn exit_statuses() {
+        assert_eq!(decode_exit(0), (0, None));
+        assert_eq!(decode_exit(255 << 8), (255, None));
+        assert_eq!(decode_exit(15), (143, Some(15)));
+        assert_eq!(decode_exit(0x80 | 11), (139, Some(11)));
+    }
+}
