@@ -56,11 +56,35 @@ fn every_line_form_in_the_corpus_gives_the_expected_outcome() {
     check_golden("corpus.log", "corpus.expected.ndjson");
 }
 
+/// Lines captured from real daemons logging through a real rsyslogd in the lab
+/// (scripts/lab/sshd-lab.sh): OpenSSH sshd, dropbear 2022.83, sudo 1.9.13 and util-linux su (Debian 12).
+const REAL_CORPORA: [&str; 4] = ["real-sshd", "real-dropbear", "real-sudo", "real-su"];
+
 #[test]
-fn real_sshd_lines_give_the_expected_outcome() {
-    if data("real-sshd.log").exists() {
-        check_golden("real-sshd.log", "real-sshd.expected.ndjson");
+fn real_daemon_lines_give_the_expected_outcome() {
+    for name in REAL_CORPORA {
+        let log = format!("{name}.log");
+        assert!(data(&log).exists(), "{log} is missing");
+        check_golden(&log, &format!("{name}.expected.ndjson"));
     }
+}
+
+#[test]
+fn dropbear_2022_lines_without_a_user_or_peer_are_handled() {
+    // Real dropbear 2022.83 lines (tests/data/auth/real-dropbear.log): the bare nonexistent-user
+    // line carries nothing to attribute, the exhausted unknown-user login carries the peer.
+    let bare = "2026-11-24T00:58:52.220972+00:00 vm dropbear[26521]: Login attempt for nonexistent user";
+    let o = parse_line(bare.as_bytes(), HINT());
+    assert!(matches!(o, ParseOutcome::NotAuth), "{o:?}");
+    let ev = event(
+        "2026-11-24T00:59:11.770995+00:00 vm dropbear[28384]: Exit before auth from <10.253.84.2:45442>: Max auth tries reached - user 'is invalid'",
+    );
+    assert_eq!(ev.kind, EventKind::AuthFailure);
+    assert_eq!(ev.event.action.as_deref(), Some("max_attempts"));
+    assert_eq!((user(&ev), ip(&ev), port(&ev)), (None, Some("10.253.84.2"), Some(45442)));
+    let scan = "Nov 23 19:37:00 vm dropbear[1]: Exit before auth from <10.0.0.2:1>: Exited normally";
+    let o = parse_line(scan.as_bytes(), HINT());
+    assert!(matches!(o, ParseOutcome::NotAuth), "{o:?}");
 }
 
 fn event(line: &str) -> Event {

@@ -766,6 +766,10 @@ fn dropbear(msg: &[u8]) -> MsgResult<'_> {
         if let Some(r) = r.strip_prefix(b" '") {
             return dropbear_quoted(r, Found::failure(Method::InvalidUser)).map(Some);
         }
+        // dropbear 2022.83 (Debian 12) names neither the user nor the peer: nothing to attribute.
+        if r.is_empty() {
+            return Ok(None);
+        }
         let addr = r.strip_prefix(b" from ").ok_or("no source address")?;
         let (ip, port) = parse_hostport(addr).ok_or("no source address")?;
         return Ok(Some(Found::failure(Method::InvalidUser).addr(ip, port)));
@@ -814,7 +818,11 @@ fn dropbear_pubkey<'a>(r: &'a [u8], f: Found<'a>) -> Result<Found<'a>, &'static 
 fn dropbear_exit_before_auth(r: &[u8]) -> MsgResult<'_> {
     let close = memchr(b'>', r).ok_or("no source address")?;
     let (ip, port) = parse_hostport(&r[..close]).ok_or("no source address")?;
-    let Some(rest) = r[close..].strip_prefix(b">: (user '") else { return Ok(None) };
+    let Some(rest) = r[close..].strip_prefix(b">: (user '") else {
+        // dropbear 2022.83 ends an unknown user's exhausted login without the `(user ...)` part.
+        let max = r[close..].starts_with(b">: Max auth tries reached - user 'is invalid'");
+        return Ok(max.then(|| Found::failure(Method::MaxAttempts).addr(ip, port)));
+    };
     let Some(q) = memmem::find(rest, b"', ") else { return Ok(None) };
     let why = memmem::find(&rest[q..], b" fails): ").map_or(&b""[..], |i| &rest[q + i + 9..]);
     let method = if why.starts_with(b"Max auth tries reached") {
