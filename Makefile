@@ -2,7 +2,7 @@
 CARGO ?= cargo
 DATA  ?= ./picket-data
 
-.PHONY: run test deps fmt lint unit bench release clean
+.PHONY: run test deps fmt lint unit bench release clean deb rpm package-test
 
 ## Build and run the agent on the embedded default config (unprivileged, data in ./picket-data,
 ## file events from ./picket-data/watch). Ctrl-C stops it cleanly.
@@ -13,7 +13,7 @@ run:
 	./target/debug/picket run
 
 ## Install missing system packages, then formatting, lints and every test.
-test: deps fmt lint unit
+test: deps fmt lint unit package-test
 
 deps:
 	./scripts/test-deps.sh
@@ -30,6 +30,17 @@ unit:
 ## Criterion benchmarks (figures go to docs/BENCHMARKS.md by hand, with the command).
 bench:
 	$(CARGO) bench --workspace
+
+## deb and rpm packages (cargo-deb / cargo-generate-rpm, installed on first use); see packaging/README.md.
+deb:
+	./packaging/build.sh deb
+
+rpm:
+	./packaging/build.sh rpm
+
+## Build both packages and check them without installing anything on this machine.
+package-test:
+	./scripts/package-test.sh
 
 release:
 	$(CARGO) build --release -p picket
