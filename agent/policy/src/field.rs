@@ -144,6 +144,7 @@ fields! {
     ProcessPid = "process.pid": Num in Process;
     ProcessName = "process.name": Str in Process;
     ProcessExecutable = "process.executable": Str in Process;
+    ProcessResolvedExecutable = "process.resolved_executable": Str in Process;
     ProcessArgs = "process.args": StrList in Process;
     ProcessCommandLine = "process.command_line": Str in Process;
     ProcessWorkingDirectory = "process.working_directory": Str in Process;
@@ -242,6 +243,7 @@ impl Field {
             F::ProcessPid => num(p().and_then(|p| p.pid)),
             F::ProcessName => text(p().and_then(|p| p.name.as_ref())),
             F::ProcessExecutable => text(p().and_then(|p| p.executable.as_ref())),
+            F::ProcessResolvedExecutable => text(p().and_then(|p| p.resolved_executable.as_ref())),
             F::ProcessArgs => p().and_then(|p| p.args.as_deref()).map_or(Val::Missing, Val::List),
             F::ProcessCommandLine => text(p().and_then(|p| p.command_line.as_ref())),
             F::ProcessWorkingDirectory => text(p().and_then(|p| p.working_directory.as_ref())),
