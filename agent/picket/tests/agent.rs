@@ -33,6 +33,10 @@ impl TestAgent {
     }
 
     fn build(auth: bool, policies: Option<&Path>, extra_config: &str) -> TestAgent {
+        // The process source is on only where a test asks for it (`PROCESS_ON` in extra_config):
+        // as root it would journal every process on the machine.
+        let process = extra_config.contains(PROCESS_ON);
+        let extra_config = extra_config.replace(PROCESS_ON, "");
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("watch")).unwrap();
         std::fs::create_dir_all(dir.path().join("policies")).unwrap();
@@ -43,7 +47,7 @@ impl TestAgent {
             "[agent]\ndata_dir = \"{d}/data\"\nhealth_interval_secs = 1\nstatus_interval_secs = 1\n\
              [sources.file]\npaths = [\"{d}/watch\"]\n\
              [sources.auth]\nenabled = {auth}\nfiles = [\"{d}/auth.log\"]\n\
-             [sources.process]\nenabled = false\n\
+             [sources.process]\nenabled = {process}\n\
              [policies]\npaths = [\"{policies}\"]\n{extra_config}"
         );
         std::fs::write(dir.path().join("picket.toml"), config).unwrap();
@@ -381,6 +385,51 @@ fn every_contract_command_is_listed_and_unbuilt_ones_say_so_plainly() {
     let out = picket(&["actions", "revert", "7", "--data-dir", dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no containment action 7"));
+}
+
+/// Marker for `TestAgent::new`: turn the process source on.
+const PROCESS_ON: &str = "#process-on\n";
+
+#[test]
+fn a_program_run_while_the_agent_runs_is_journaled_as_process_start_and_exit() {
+    if !nix_is_root() {
+        eprintln!("\n*** SKIPPED (needs root: the process connector needs CAP_NET_ADMIN) ***\n");
+        return;
+    }
+    let mut agent = TestAgent::new(PROCESS_ON);
+    agent.start();
+    agent.wait_line(|l| l.contains("source process: running"));
+    let token = format!("picket-e2e-{}", std::process::id());
+    // $0 of the shell is the token, so it is in the program's argv; it lives long enough for /proc.
+    let status = Command::new("/bin/sh").args(["-c", "sleep 0.3; exit 3", &token]).status().unwrap();
+    assert_eq!(status.code(), Some(3));
+    let has_token = |e: &serde_json::Value| {
+        e["process"]["args"].as_array().is_some_and(|a| a.iter().any(|v| v == token.as_str()))
+    };
+    let events = agent.wait_journal(|e| e["kind"] == "process.start" && has_token(e));
+    let start = events.iter().find(|e| e["kind"] == "process.start" && has_token(e)).unwrap();
+    assert_eq!(start["process"]["executable"], "/bin/sh", "{start}");
+    assert_eq!(start["process"]["command_line"], format!("/bin/sh -c sleep 0.3; exit 3 {token}"), "{start}");
+    assert!(start["process"]["start_ticks"].as_u64().is_some(), "{start}");
+    let pid = start["process"]["pid"].clone();
+    let events = agent.wait_journal(|e| e["kind"] == "process.exit" && e["process"]["pid"] == pid);
+    let exit = events.iter().find(|e| e["kind"] == "process.exit" && e["process"]["pid"] == pid).unwrap();
+    assert_eq!(exit["process"]["exit_code"], 3, "{exit}");
+    let validator = schema_validator();
+    for e in [start, exit] {
+        assert!(validator.is_valid(e), "schema: {e}");
+    }
+    let (st, _) = agent.stop();
+    assert!(st.success());
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
 }
 
 const DROP_POLICY: &str = r#"
