@@ -33,6 +33,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{Backoff, Endpoint, now_ns, topic};
 
+/// Least time between two partial batches (see `session`).
+const SEAL_LINGER: Duration = Duration::from_millis(250);
+
 /// When a batch counts as delivered (and leaves the outbox).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AckMode {
@@ -371,6 +374,10 @@ async fn session(
     // 2. Re-send the whole outbox: whatever rumqttc had queued died with the last connection.
     let mut queue: VecDeque<OutboxBatch> = with_journal(journal, |j| j.outbox()).await?.into();
     let mut nothing_new_after: Option<u64> = None;
+    // Sealing commits with an fsync. Under a steady trickle of events every journal commit would
+    // seal a tiny batch: at most one partial batch per SEAL_LINGER instead (flash wear, research
+    // §3.7 G8); a full batch means a backlog, which is sealed back to back.
+    let mut last_seal: Option<(Instant, bool)> = None;
     let mut bucket = TokenBucket::new(cfg.max_bytes_per_sec);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -386,8 +393,16 @@ async fn session(
                 if nothing_new_after == Some(last) {
                     break;
                 }
+                if last_seal.is_some_and(|(at, full)| !full && at.elapsed() < SEAL_LINGER) {
+                    break; // the 200 ms tick comes back for it
+                }
                 match seal_next(cfg, journal).await? {
-                    Some(b) => queue.push_back(b),
+                    Some(b) => {
+                        let full = usize::try_from(b.count).unwrap_or(usize::MAX) >= cfg.limits.max_events
+                            || b.wire.len() * 10 >= cfg.limits.max_bytes * 9;
+                        last_seal = Some((Instant::now(), full));
+                        queue.push_back(b);
+                    }
                     None => {
                         nothing_new_after = Some(last);
                         break;
