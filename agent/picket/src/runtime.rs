@@ -98,10 +98,20 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     // The signing key exists before the first event is journaled, so `picket identity` on a
     // running device shows the key its batches are signed with.
     let identity = if settings.uplink.enabled {
-        Some(Arc::new(
+        let id = Arc::new(
             Identity::load_or_create(data_dir, picket_wire::DEVICE_KEY_FILE, &device_id)
                 .context("device signing key")?,
-        ))
+        );
+        // End-to-end acks need the collector's key: without it, refuse to start rather than
+        // quietly weaken delivery to broker PUBACKs.
+        let ack = match &settings.uplink.ack {
+            UplinkAck::Broker => AckMode::Broker,
+            UplinkAck::Collector(path) => AckMode::Collector(
+                read_collector_key(path)
+                    .context("uplink.collector_key_file (needed with ack = \"collector\")")?,
+            ),
+        };
+        Some((id, ack))
     } else {
         None
     };
@@ -143,7 +153,7 @@ async fn agent(
     journal: Journal,
     device_id: String,
     policies: PolicySet,
-    identity: Option<Arc<Identity>>,
+    identity: Option<(Arc<Identity>, AckMode)>,
 ) -> anyhow::Result<ExitCode> {
     let started = Timestamp::now();
     let drops = Drops::default();
@@ -157,8 +167,8 @@ async fn agent(
     let (live_tx, live_rx) = mpsc::channel::<Event>(LIVE_QUEUE);
     counters.appended.send_replace(journal.last_seq());
     let uplink_status: Option<SharedStatus> = identity.as_ref().map(|_| SharedStatus::default());
-    let uplink = identity.map(|identity| {
-        let cfg = uplink_config(&settings, identity);
+    let uplink = identity.map(|(identity, ack)| {
+        let cfg = uplink_config(&settings, identity, ack);
         let mut stop = shutdown.clone();
         println!(
             "uplink: {} as {}, ack on {}",
@@ -358,7 +368,7 @@ async fn start_containment(
 }
 
 /// The uplink's settings from `[uplink]`.
-fn uplink_config(settings: &Settings, identity: Arc<Identity>) -> SenderConfig {
+fn uplink_config(settings: &Settings, identity: Arc<Identity>, ack: AckMode) -> SenderConfig {
     let u = &settings.uplink;
     let endpoint = picket_uplink::Endpoint {
         tls: u.broker.tls,
@@ -375,17 +385,7 @@ fn uplink_config(settings: &Settings, identity: Arc<Identity>) -> SenderConfig {
         JournalOptions { max_bytes: settings.journal.max_bytes, host_id: identity.id().to_owned() },
         identity,
     );
-    cfg.ack = match &u.ack {
-        UplinkAck::Broker => AckMode::Broker,
-        UplinkAck::Collector(path) => match read_collector_key(path) {
-            Ok(key) => AckMode::Collector(key),
-            Err(e) => {
-                // Checked again at startup below; here the config was valid but the file is not.
-                eprintln!("picket: uplink: {e}; falling back to broker acknowledgements");
-                AckMode::Broker
-            }
-        },
-    };
+    cfg.ack = ack;
     cfg.limits = picket_journal::SealLimits { max_events: u.batch_max_events, max_bytes: u.batch_max_bytes };
     cfg.max_bytes_per_sec = u.max_bytes_per_sec;
     cfg.backoff_max = u.backoff_max;

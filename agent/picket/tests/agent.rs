@@ -622,3 +622,32 @@ fn replay_of_a_real_sshd_log_prints_events_and_garbage_is_counted_not_fatal() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("auth events"));
 }
+
+#[test]
+fn end_to_end_acks_without_a_readable_collector_key_refuse_to_start() {
+    let agent = TestAgent::new(
+        "[uplink]\nenabled = true\nbroker = \"mqtt://127.0.0.1:1\"\nack = \"collector\"\n\
+         collector_key_file = \"/nonexistent/collector.pub\"\n",
+    );
+    let mut child = Command::new(PICKET)
+        .args(["run", "--config", agent.config().to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t.elapsed() > WAIT {
+            let _ = child.kill();
+            panic!("the agent started without the collector key (it must refuse)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("collector_key_file") && err.contains("/nonexistent/collector.pub"), "{err}");
+}
