@@ -185,11 +185,33 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<PolicySet, PolicyErrors> {
     for f in &files {
         let origin = f.display().to_string();
         match read_policy_file(f) {
+            Ok(text) if is_sigma_text(&text) => {} // a Sigma rule: see [`sigma_files`]
             Ok(text) => compile_text(&text, &origin, &mut rules, &mut errors),
             Err(message) => errors.push(file_error(&origin, message)),
         }
     }
     finish(rules, errors)
+}
+
+/// Whether a YAML text is a Sigma rule rather than a picket policy: it has the top-level keys
+/// `logsource` and `detection` (a picket policy can have neither: unknown keys are errors).
+pub fn is_sigma_text(text: &str) -> bool {
+    let top = |key: &str| {
+        text.lines().any(|l| l.strip_prefix(key).is_some_and(|rest| rest.starts_with(':')))
+    };
+    top("logsource") && top("detection")
+}
+
+/// The Sigma rule files among `paths` (files and directories, walked as [`load_paths`] walks
+/// them), which [`load_paths`] skips. Unreadable files are left to [`load_paths`] to report.
+pub fn sigma_files(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        collect_files(p, true, &mut files, &mut errors);
+    }
+    files.retain(|f| std::fs::read_to_string(f).is_ok_and(|t| is_sigma_text(&t)));
+    files
 }
 
 /// Compile one file's text. `origin` names it in errors.

@@ -59,6 +59,8 @@ pub enum Group {
     Source,
     Destination,
     Dns,
+    /// `network.*`: net.flow, net.dns.
+    Network,
     User,
     Rule,
 }
@@ -102,6 +104,7 @@ pub fn carries(kind: EventKind, group: Group) -> bool {
         }
         G::Destination => matches!(kind, K::NetFlow | K::NetDns | K::Alert | K::Action),
         G::Dns => matches!(kind, K::NetDns | K::Alert),
+        G::Network => matches!(kind, K::NetFlow | K::NetDns | K::Alert | K::Action),
         G::User => matches!(
             kind,
             K::ProcessStart
@@ -171,6 +174,13 @@ fields! {
     DestinationPort = "destination.port": Num in Destination;
     DestinationBytes = "destination.bytes": Num in Destination;
     DestinationPackets = "destination.packets": Num in Destination;
+    DestinationDomain = "destination.domain": Str in Destination;
+    NetworkTransport = "network.transport": Str in Network;
+    NetworkType = "network.type": Str in Network;
+    NetworkDirection = "network.direction": Str in Network;
+    NetworkBytes = "network.bytes": Num in Network;
+    NetworkPackets = "network.packets": Num in Network;
+    NetworkTcpFlags = "network.tcp_flags": StrList in Network;
     DnsQuestionName = "dns.question.name": Str in Dns;
     DnsQuestionType = "dns.question.type": Str in Dns;
     DnsResponseCode = "dns.response_code": Str in Dns;
@@ -180,6 +190,10 @@ fields! {
     RuleId = "rule.id": Str in Rule;
     RuleName = "rule.name": Str in Rule;
     RuleDescription = "rule.description": Str in Rule;
+    RuleRuleset = "rule.ruleset": Str in Rule;
+    RuleLevel = "rule.level": Str in Rule;
+    RuleAuthor = "rule.author": Str in Rule;
+    RuleTags = "rule.tags": StrList in Rule;
 }
 
 /// A field's value in one event, borrowed: reading allocates nothing.
@@ -231,6 +245,7 @@ impl Field {
         let s = || ev.source.as_ref();
         let d = || ev.destination.as_ref();
         let dns = || ev.dns.as_ref();
+        let n = || ev.network.as_ref();
         let u = || ev.user.as_ref();
         let r = || ev.rule.as_ref();
         match self {
@@ -272,6 +287,13 @@ impl Field {
             F::DestinationPort => num(d().and_then(|d| d.port)),
             F::DestinationBytes => num(d().and_then(|d| d.bytes)),
             F::DestinationPackets => num(d().and_then(|d| d.packets)),
+            F::DestinationDomain => text(d().and_then(|d| d.domain.as_ref())),
+            F::NetworkTransport => text(n().and_then(|n| n.transport.as_ref())),
+            F::NetworkType => text(n().and_then(|n| n.r#type.as_ref())),
+            F::NetworkDirection => text(n().and_then(|n| n.direction.as_ref())),
+            F::NetworkBytes => num(n().and_then(|n| n.bytes)),
+            F::NetworkPackets => num(n().and_then(|n| n.packets)),
+            F::NetworkTcpFlags => n().and_then(|n| n.tcp_flags.as_deref()).map_or(Val::Missing, Val::List),
             F::DnsQuestionName => dns().map_or(Val::Missing, |d| Val::Str(&d.question.name)),
             F::DnsQuestionType => text(dns().and_then(|d| d.question.r#type.as_ref())),
             F::DnsResponseCode => text(dns().and_then(|d| d.response_code.as_ref())),
@@ -281,6 +303,10 @@ impl Field {
             F::RuleId => r().map_or(Val::Missing, |r| Val::Str(&r.id)),
             F::RuleName => text(r().and_then(|r| r.name.as_ref())),
             F::RuleDescription => text(r().and_then(|r| r.description.as_ref())),
+            F::RuleRuleset => text(r().and_then(|r| r.ruleset.as_ref())),
+            F::RuleLevel => text(r().and_then(|r| r.level.as_ref())),
+            F::RuleAuthor => text(r().and_then(|r| r.author.as_ref())),
+            F::RuleTags => r().and_then(|r| r.tags.as_deref()).map_or(Val::Missing, Val::List),
         }
     }
 }

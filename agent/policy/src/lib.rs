@@ -11,7 +11,7 @@ mod yaml;
 
 use picket_event::{Event, EventKind};
 
-pub use compile::{MAX_COUNT, Mode, PolicySet, RuleMeta, load_paths, load_str};
+pub use compile::{MAX_COUNT, Mode, PolicySet, RuleMeta, is_sigma_text, load_paths, load_str, sigma_files};
 pub use engine::{
     ActionRequest, Decision, Engine, EngineStats, GroupSnapshot, GroupStateSnapshot, RuleSnapshot, RuleStats,
     StateLimits, StateSnapshot, Unresolved,
@@ -37,6 +37,7 @@ pub fn alert_event(d: &Decision, trigger: &Event) -> Event {
         id: d.rule_id.to_string(),
         name: Some(d.rule.name.clone()),
         description: Some(d.rule.description.clone()),
+        ..Default::default()
     });
     ev.source = trigger.source.clone();
     ev.destination = trigger.destination.clone();
