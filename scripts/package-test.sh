@@ -49,13 +49,17 @@ grep -q '\.test\.yaml' <<<"$list" && fail "policy test cases (*.test.yaml) must 
 npol=$(grep -c '\./etc/picket/policies/.*\.yaml$' <<<"$list" || true)
 nsrc=$(find policies -name '*.yaml' ! -name '*.test.yaml' | wc -l)
 [ "$npol" -eq "$nsrc" ] || fail "$npol policies in the package, $nsrc in policies/"
+nsig=$(grep -c '\./etc/picket/policies/sigma/.*\.yml$' <<<"$list" || true)
+nsigsrc=$(find policies/sigma -name '*.yml' | wc -l)
+[ "$nsig" -eq "$nsigsrc" ] || fail "$nsig Sigma rules in the package, $nsigsrc in policies/sigma/"
+grep -q '\./usr/share/doc/picket/sigma/LICENSE.DRL-1.1.md$' <<<"$list" || fail "the Sigma rules' licence is not shipped"
 conffiles="$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles)"
 etc_files="$(grep -Eo '\./etc/[^ ]+[^/]$' <<<"$list" | sed 's/^\.//' | sort)"
 [ "$(sort <<<"$conffiles")" = "$etc_files" ] || fail "conffiles differ from the files under /etc:
 $conffiles"
 ctrl="$(dpkg-deb --ctrl-tarfile "$deb" | tar -t)"
 for s in postinst prerm postrm; do grep -q "^\./$s\$" <<<"$ctrl" || fail "no $s"; done
-ok "content, modes, $npol policies, $(wc -l <<<"$conffiles") conffiles, maintainer scripts"
+ok "content, modes, $npol policies, $nsig Sigma rules, $(wc -l <<<"$conffiles") conffiles, maintainer scripts"
 
 # --- unpack into a temp root and run it ------------------------------------------------------
 root="$(mktemp -d)"
@@ -73,7 +77,8 @@ grep -q '^data_dir = "/var/lib/picket"$' "$root/etc/picket/picket.toml" || fail 
 sed -e "s#\"/var/lib/picket\"#\"$root/var/lib/picket\"#" -e "s#\"/etc/picket/policies\"#\"$root/etc/picket/policies\"#" \
   "$root/etc/picket/picket.toml" > "$root/rooted.toml"
 "$bin" config check "$root/rooted.toml" >/dev/null || fail "config check of the rooted picket.toml"
-"$bin" policy check "$root/etc/picket/policies" >/dev/null || fail "policy check of the shipped policies"
+pc="$("$bin" policy check "$root/etc/picket/policies")" || fail "policy check of the shipped policies"
+grep -q "^$nsigsrc Sigma rule(s) from $nsigsrc file(s)" <<<"$pc" || fail "policy check did not load the $nsigsrc Sigma rules: $pc"
 # What postinst does, inside the temp root: the data dir 0700 and the device key 0600.
 install -d -m 0700 "$root/var/lib/picket"
 "$bin" identity --config "$root/rooted.toml" >/dev/null || fail "picket identity (device key creation)"
@@ -114,6 +119,7 @@ else
     grep -qx "$f" <<<"$rl" || fail "rpm lacks $f"
   done
   [ "$(grep -c '^/etc/picket/policies/.*\.yaml$' <<<"$rl")" -eq "$nsrc" ] || fail "rpm policies"
+  [ "$(grep -c '^/etc/picket/policies/sigma/.*\.yml$' <<<"$rl")" -eq "$nsigsrc" ] || fail "rpm Sigma rules"
   ri="$(rpm -qpi "$rpmf" 2>/dev/null)"
   grep -q '^Name *: picket' <<<"$ri" || fail "rpm -qpi: name"
   grep -q '^Architecture: x86_64' <<<"$ri" || fail "rpm -qpi: arch"

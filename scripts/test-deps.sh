@@ -14,10 +14,15 @@
 #   fail2ban, sshguard            peers measured side by side in the benchmarks
 #   passwd, login                 useradd/usermod for lock_account tests (a user the test adds)
 #   time                          GNU time for scripts/bench/auth-replay.sh
+#   libpcap-dev, tcpdump, tshark, live capture (pcap crate) and the network tests: pcaps made between test
+#   dnsmasq, bind9-dnsutils,      namespaces by curl/python3 http.server, dig against dnsmasq and nmap,
+#   nmap, curl, python3,          checked against tshark (and ping for ICMP flows);
+#   iputils-ping                  tshark is also the peer in docs/bench-net.md
 set -euo pipefail
 
 PACKAGES=(gcc libc6-dev pkg-config procps iproute2 openssl mosquitto nftables openssh-server rsyslog sshpass
-  fail2ban sshguard passwd login time)
+  fail2ban sshguard passwd login time
+  libpcap-dev tcpdump tshark dnsmasq bind9-dnsutils nmap curl python3 iputils-ping)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

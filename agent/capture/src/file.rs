@@ -1,65 +1,89 @@
-//! File events through inotify (the notify crate): `file.create`, `file.modify`, `file.delete`,
-//! `file.rename` and `file.attrib` for every configured tree, watched recursively.
+//! File integrity monitoring: `file.create`, `file.modify`, `file.delete`, `file.rename` and
+//! `file.attrib` for every configured tree, watched recursively through inotify (the notify
+//! crate), with the SHA-256 of regular files, a baseline in SQLite, and scans that find what
+//! inotify could not see.
 //!
-//! This is the first, minimal file source: it reports what inotify sees, with the file's metadata
-//! (`type`, `size`, `inode`, `mode`, `uid`, `gid`, `mtime`) read by `lstat` when the event is
-//! emitted. It does **not** yet hash contents, keep a baseline, or scan trees (at start, on a
-//! queue overflow, or when a directory appears with files already in it): that is file-integrity
-//! monitoring proper, a later issue.
+//! ```text
+//!  notify's thread                    worker thread ("picket-fim")                 pipeline
+//!  inotify ─> Input ─> Coalescer ─> [work queue, WORK_QUEUE] ─> lstat, hash, baseline ─> EventTx
+//!                          │ full: event now, no hash                  │ scans: start-up,
+//!                          └──────────────────────────────────────────>│ new directory, periodic,
+//!                                                                      │ after overflow
+//! ```
 //!
 //! How notify's events become picket events:
 //!
 //! | notify (inotify)                          | picket                                          |
 //! |-------------------------------------------|-------------------------------------------------|
-//! | `Create(_)` (`IN_CREATE`)                 | `file.create`                                   |
+//! | `Create(_)` (`IN_CREATE`)                 | `file.create` (a directory is then scanned)     |
 //! | `Modify(Data)` (`IN_MODIFY`)              | marks the path written; no event by itself      |
 //! | `Access(Close(Write))` (`IN_CLOSE_WRITE`) | `file.modify` if the path was written           |
 //! | written, still open after [`MODIFY_WINDOW`] | `file.modify` (then again per window)         |
 //! | `Remove(_)` (`IN_DELETE`, `IN_DELETE_SELF`) | `file.delete`                                 |
 //! | `Modify(Name(From))` + `Modify(Name(To))`, same cookie | one `file.rename`, `path` old, `target_path` new |
 //! | `Modify(Name(From))` alone (moved out of the watched trees) | `file.delete`                   |
-//! | `Modify(Name(To))` alone (moved in)       | `file.create`                                   |
+//! | `Modify(Name(To))` alone (moved in)       | `file.create` (a directory is then scanned)     |
 //! | `Modify(Name(Both))`                      | nothing: its halves were already reported       |
 //! | `Modify(Metadata)` (`IN_ATTRIB`)          | `file.attrib` (dropped if the path is gone: an unlink's link-count change) |
 //! | `Access(Open / Close(Read))`              | nothing                                         |
-//! | overflow (`IN_Q_OVERFLOW`, rescan flag)   | drop counted as `file.os_queue_overflow`        |
-//! | a watch for a new subdirectory over the inotify limit | drop counted as `file.watch_limit`, status says so |
+//! | overflow (`IN_Q_OVERFLOW`, rescan flag)   | drop counted as `file.os_queue_overflow`, then every tree is rescanned |
+//! | a watch over the inotify limit            | drop counted as `file.watch_limit`; that tree is scanned every `scan_interval` and `picket status` says so |
 //! | other notify errors                       | drop counted as `file.os_error`                 |
 //!
-//! So one write sequence (open, many writes, close) is one `file.modify`, and opening a file for
-//! writing without writing to it is none. A rename is paired from its two halves by inotify's
+//! Debouncing: one write sequence (open, many writes, close) is one `file.modify`, opening a file
+//! for writing without writing to it is none, and a modify or attrib queued right behind the same
+//! one for the same path is folded into it. A rename is paired from its two halves by inotify's
 //! cookie; a half whose partner never comes within [`RENAME_WINDOW`] is reported as what it looks
-//! like from inside the watched trees (gone, or new).
+//! like from inside the watched trees (gone, or new). Include and exclude globs
+//! ([`FileOptions`]) filter paths before anything is read; a rename with one side filtered out is
+//! the delete or create of the other side.
 //!
-//! Why the queue is bounded: a process on the device decides how many file events happen, and it
-//! may be hostile (`while true; do touch x; done`). The agent must keep its memory cap and keep
+//! **Hashes and metadata.** The worker `lstat`s the path and hashes regular files up to
+//! [`FileOptions::hash_max_bytes`] ([`sha256_file`]: no symlink followed, no FIFO blocked on).
+//! `file.hash.sha256`, `size`, `inode`, `mode`, `uid`, `gid` and `mtime` then describe the
+//! content that was hashed. A rename or chmod reuses the stored hash when inode, size and mtime
+//! are unchanged. Files that vanish or cannot be read are reported without a hash and counted
+//! (`file.hash_vanished`, `file.hash_unreadable`); paths that are not UTF-8 are reported lossily
+//! and counted (`file.non_utf8_path`).
+//!
+//! **Baseline and scans** (the table is in `file/worker.rs`, the whole story in docs/fim.md):
+//! the start-up scan reports what changed while picket was not running (`event.module =
+//! "scan"`); the first start builds the baseline silently. A directory that appears is scanned [`NEW_DIR_SETTLE`] later, after
+//! notify added its watch, so files made in it before the watch existed are reported too.
+//!
+//! Why the queues are bounded: a process on the device decides how many file events happen, and
+//! it may be hostile (`while true; do touch x; done`). The agent must keep its memory cap and keep
 //! its other sources flowing, so this source never waits on the pipeline: [`EventTx::send`] drops
-//! and counts when the queue is full, and `picket status` shows the count. For the same reason
-//! the state kept here is capped: one unpaired rename half and at most [`MAX_WRITTEN`] paths with
-//! writes not yet reported.
+//! and counts when the queue is full, and `picket status` shows the count. The work queue holds
+//! [`WORK_QUEUE`] changes; past it a change is reported at once without a hash (counted as
+//! `file.hash_queue_full`), so a flood costs hashes, not events. The coalescer keeps one unpaired
+//! rename half and at most [`MAX_WRITTEN`] paths with writes not yet reported.
 //!
-//! Threads: notify runs its own thread and calls our handler there; the handler does the `lstat`
-//! and the non-blocking send, so no blocking I/O runs on the async runtime. The async side only
-//! ticks the timers ([`TICK`]) and waits for shutdown. Adding the watches walks the trees and
-//! blocks, so it runs on tokio's blocking pool.
-//!
-//! Known limits of inotify, not worked around yet: files created in a new subdirectory before its
-//! watch is added are missed (a later scan will cover them); a watched path that is itself moved
-//! or deleted is not watched again when it reappears; paths that are not UTF-8 are reported
-//! lossily (`file.path` is a string).
+//! Known limits: a watched root that is itself moved or deleted is not watched again when it
+//! reappears (the next start-up scan reports its contents); between two periodic scans of a
+//! degraded tree, a file changed and changed back is not seen.
+
+mod baseline;
+mod hash;
+mod worker;
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode};
 use notify::{EventHandler, RecommendedWatcher, RecursiveMode, Watcher};
-use picket_event::{Event, EventKind, File, Timestamp, severity};
+use picket_event::EventKind;
 use tokio::time::MissedTickBehavior;
+
+pub use hash::{Hashed, sha256_file};
+pub use worker::{NEW_DIR_SETTLE, WORK_QUEUE, check_glob};
+
+use worker::{Filter, Work, Worker};
 
 use crate::{CaptureError, EventTx, Shutdown, SourceStatus};
 
@@ -81,47 +105,113 @@ pub const MODIFY_WINDOW: Duration = Duration::from_secs(1);
 /// is bounded by the pipeline queue.
 pub const MAX_WRITTEN: usize = 1024;
 
+/// The baseline's file name inside `agent.data_dir`.
+pub const BASELINE_FILE: &str = "baseline.db";
+
+/// Default of [`FileOptions::hash_max_bytes`]: 32 MiB covers every config file, script and most
+/// binaries; hashing a larger file on every write would cost more than it tells.
+pub const DEFAULT_HASH_MAX_BYTES: u64 = 32 << 20;
+
+/// Default of [`FileOptions::scan_interval`].
+pub const DEFAULT_SCAN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// After a kernel queue overflow, at most one rescan per this long.
+const RESCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// How long shutdown waits for the worker to commit the baseline.
+const WORKER_STOP_WAIT: Duration = Duration::from_millis(1500);
+
 const DATASET: &str = "picket.file";
 const MODULE: &str = "inotify";
+
+/// What the file source watches and how (`[sources.file]`).
+#[derive(Debug, Clone)]
+pub struct FileOptions {
+    /// Directories (watched recursively) or single files. Relative paths are taken from the
+    /// current directory.
+    pub paths: Vec<PathBuf>,
+    /// Globs over whole paths; when any are given, only matching paths are reported. `*` also
+    /// matches `/`: `*.conf` is every `.conf` file, `/etc/**` everything under `/etc`.
+    pub include: Vec<String>,
+    /// Globs over whole paths never reported; a matching directory is not scanned.
+    pub exclude: Vec<String>,
+    /// Regular files up to this size are hashed; larger ones are reported without a hash.
+    pub hash_max_bytes: u64,
+    /// Period of the scans of trees that inotify cannot watch (watch limit reached).
+    pub scan_interval: Duration,
+    /// The baseline database; `None`: in memory, so every start is a first start.
+    pub baseline: Option<PathBuf>,
+}
+
+impl FileOptions {
+    /// Defaults for everything but the paths; an in-memory baseline.
+    pub fn new(paths: Vec<PathBuf>) -> FileOptions {
+        FileOptions {
+            paths,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            hash_max_bytes: DEFAULT_HASH_MAX_BYTES,
+            scan_interval: DEFAULT_SCAN_INTERVAL,
+            baseline: None,
+        }
+    }
+}
 
 /// The file source: watches the configured trees and emits `file.*` events.
 #[derive(Debug, Clone)]
 pub struct FileSource {
-    paths: Vec<PathBuf>,
+    opts: FileOptions,
 }
 
 impl FileSource {
     /// The source's name in status and drop counters.
     pub const NAME: &'static str = "file";
 
-    /// Watch `paths` (directories watched recursively, or single files), as configured in
-    /// `sources.file.paths`. Relative paths are taken from the current directory.
+    /// Watch `paths` with default options and an in-memory baseline.
     pub fn new(paths: Vec<PathBuf>) -> FileSource {
-        FileSource { paths }
+        FileSource { opts: FileOptions::new(paths) }
+    }
+
+    pub fn with_options(opts: FileOptions) -> FileSource {
+        FileSource { opts }
     }
 
     /// Runs until `shutdown` fires or the pipeline closes, then returns `Ok(())`.
     ///
     /// Paths that cannot be watched are named in the status (`running (1 of 2 paths; ...)`) and
     /// skipped. If none can be, or none are configured, the status says so and this returns
-    /// `Ok(())` at once: a missing watch directory must not take the agent down.
+    /// `Ok(())` at once: a missing watch directory must not take the agent down. Trees over the
+    /// inotify watch limit are scanned periodically instead (`running (degraded: ...)`).
     pub async fn run(
         self,
         out: EventTx,
         status: SourceStatus,
         mut shutdown: Shutdown,
     ) -> Result<(), CaptureError> {
-        if self.paths.is_empty() {
+        let opts = self.opts;
+        if opts.paths.is_empty() {
             status.set(Self::NAME, "idle: no paths configured");
             return Ok(());
         }
+        let filter = Filter::new(&opts.include, &opts.exclude).map_err(|message| CaptureError::Failed {
+            source_name: Self::NAME,
+            message: format!("bad include/exclude glob: {message}"),
+        })?;
 
-        let shared = Arc::new(Mutex::new(Shared::new(out.clone(), status.clone())));
+        let state = Arc::new(Mutex::new(StatusState::new(status.clone(), opts.scan_interval)));
+        let (work_tx, work_rx) = sync_channel(WORK_QUEUE);
+        let shared = Arc::new(Mutex::new(Shared::new(
+            out.clone(),
+            Arc::clone(&state),
+            work_tx,
+            filter.clone(),
+            opts.paths.clone(),
+        )));
         let handler = {
             let shared = Arc::clone(&shared);
             move |res: notify::Result<notify::Event>| lock(&shared).on_notify(res, Instant::now())
         };
-        let paths = self.paths;
+        let paths = opts.paths.clone();
         // Adding recursive watches walks the trees: blocking, and slow for big ones.
         let setup = tokio::task::spawn_blocking(move || watch_paths(handler, &paths));
         let setup = tokio::select! {
@@ -133,8 +223,18 @@ impl FileSource {
             r = setup => r,
         };
         let watcher = match setup {
-            Ok(Setup::Watching { watcher, state }) => {
-                lock(&shared).set_running(state);
+            Ok(Setup::Watching { watcher, skipped, degraded }) => {
+                let mut st = lock(&state);
+                st.setup = (!skipped.is_empty()).then(|| {
+                    format!(
+                        "{} of {} paths; {}",
+                        opts.paths.len() - skipped.len(),
+                        opts.paths.len(),
+                        skipped.join("; ")
+                    )
+                });
+                st.degraded.extend(degraded);
+                st.publish();
                 watcher
             }
             Ok(Setup::Unavailable(why)) => {
@@ -151,6 +251,56 @@ impl FileSource {
             }
         };
 
+        // The worker: opened baseline, then the start-up scans, then changes as they come.
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let (out, state, stop) = (out.clone(), Arc::clone(&state), Arc::clone(&stop));
+            let roots = opts.paths.clone();
+            let baseline_path = opts.baseline.clone();
+            let (hash_max, scan_interval) = (opts.hash_max_bytes, opts.scan_interval);
+            std::thread::Builder::new().name("picket-fim".into()).spawn(move || {
+                let baseline = match baseline::Baseline::open(baseline_path.as_deref()) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let mut st = lock(&state);
+                        st.baseline_note = Some(format!(
+                            "baseline {} unusable ({e}), kept in memory",
+                            baseline_path.as_deref().unwrap_or(Path::new("")).display()
+                        ));
+                        st.publish();
+                        drop(st);
+                        match baseline::Baseline::open(None) {
+                            Ok(b) => b,
+                            Err(_) => return,
+                        }
+                    }
+                };
+                Worker {
+                    rx: work_rx,
+                    out,
+                    baseline,
+                    roots,
+                    filter,
+                    hash_max,
+                    scan_interval,
+                    status: state,
+                    stop,
+                    pending_dirs: Default::default(),
+                }
+                .run();
+            })
+        };
+        let worker = match worker {
+            Ok(w) => w,
+            Err(e) => {
+                lock(&shared).close();
+                return Err(CaptureError::Failed {
+                    source_name: Self::NAME,
+                    message: format!("starting the worker thread: {e}"),
+                });
+            }
+        };
+
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -160,22 +310,91 @@ impl FileSource {
                     if out.is_closed() {
                         break;
                     }
+                    if worker.is_finished() {
+                        // Only a baseline that cannot even be kept in memory ends it early.
+                        lock(&shared).close();
+                        return Err(CaptureError::Failed {
+                            source_name: Self::NAME,
+                            message: "the worker thread ended (baseline unusable)".into(),
+                        });
+                    }
                     lock(&shared).tick(Instant::now());
                 }
             }
         }
         // Dropping the watcher tells notify's thread to stop (without waiting for it); what is
-        // still pending here is reported rather than lost.
+        // still pending here is handed to the worker, which reports it (unhashed, it is stopping),
+        // commits the baseline and ends.
+        stop.store(true, Ordering::Relaxed);
         drop(watcher);
         lock(&shared).close();
+        let join = tokio::task::spawn_blocking(move || worker.join());
+        let _ = tokio::time::timeout(WORKER_STOP_WAIT, join).await;
         Ok(())
+    }
+}
+
+/// What `picket status` shows for the file source, put together from setup, the worker's scans
+/// and the watch limit.
+#[derive(Debug)]
+pub(crate) struct StatusState {
+    sink: SourceStatus,
+    /// `W of N paths; why the others are skipped`, when some are.
+    setup: Option<String>,
+    /// The start-up scans are still running.
+    scanning: bool,
+    /// Trees scanned every `interval` because inotify ran out of watches.
+    degraded: std::collections::BTreeSet<PathBuf>,
+    interval: Duration,
+    baseline_note: Option<String>,
+}
+
+impl StatusState {
+    fn new(sink: SourceStatus, interval: Duration) -> StatusState {
+        StatusState {
+            sink,
+            setup: None,
+            scanning: true,
+            degraded: Default::default(),
+            interval,
+            baseline_note: None,
+        }
+    }
+
+    fn text(&self) -> String {
+        let mut notes: Vec<String> = Vec::new();
+        notes.extend(self.setup.clone());
+        if self.scanning {
+            notes.push("start-up scan against the baseline".into());
+        }
+        if !self.degraded.is_empty() {
+            let n = self.degraded.len();
+            notes.push(format!(
+                "degraded: inotify watch limit reached, {n} tree{} scanned every {}s \
+                 (raise fs.inotify.max_user_watches)",
+                if n == 1 { "" } else { "s" },
+                self.interval.as_secs()
+            ));
+        }
+        notes.extend(self.baseline_note.clone());
+        if notes.is_empty() { "running".to_string() } else { format!("running ({})", notes.join("; ")) }
+    }
+
+    fn publish(&self) {
+        self.sink.set(FileSource::NAME, self.text());
     }
 }
 
 /// What adding the watches came to.
 enum Setup {
-    /// At least one path is watched; `state` is the status text.
-    Watching { watcher: RecommendedWatcher, state: String },
+    /// At least one path is watched or scanned.
+    Watching {
+        watcher: RecommendedWatcher,
+        /// Why each skipped path is skipped.
+        skipped: Vec<String>,
+        /// Paths over the watch limit: scanned periodically.
+        degraded: Vec<PathBuf>,
+    },
     /// Nothing could be watched; why, naming each path.
     Unavailable(String),
 }
@@ -193,22 +412,23 @@ fn watch_paths<H: EventHandler>(handler: H, paths: &[PathBuf]) -> Setup {
         }
     };
     let mut skipped = Vec::new();
+    let mut degraded = Vec::new();
     for path in paths {
         if let Err(e) = watcher.watch(path, RecursiveMode::Recursive) {
             // A recursive watch that failed half-way leaves the watches it did add; drop them, so
-            // a path is either watched whole or reported as skipped.
+            // a path is either watched whole, or scanned, or reported as skipped.
             let _ = watcher.unwatch(path);
-            skipped.push(describe_watch_error(path, &e));
+            if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+                degraded.push(path.clone());
+            } else {
+                skipped.push(describe_watch_error(path, &e));
+            }
         }
     }
-    let watched = paths.len() - skipped.len();
-    if watched == 0 {
+    if skipped.len() == paths.len() {
         Setup::Unavailable(skipped.join("; "))
-    } else if skipped.is_empty() {
-        Setup::Watching { watcher, state: "running".to_string() }
     } else {
-        let state = format!("running ({watched} of {} paths; {})", paths.len(), skipped.join("; "));
-        Setup::Watching { watcher, state }
+        Setup::Watching { watcher, skipped, degraded }
     }
 }
 
@@ -239,92 +459,150 @@ fn describe_watch_error(path: &Path, err: &notify::Error) -> String {
     }
 }
 
-fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// What notify's thread and the ticker share. The lock is held for one notify event (an `lstat`
-/// and a non-blocking send) or one tick, so neither side waits long.
+/// What notify's thread and the ticker share. The lock is held for one notify event (coalescing
+/// and a non-blocking hand-over) or one tick, so neither side waits long.
 #[derive(Debug)]
 struct Shared {
     coalescer: Coalescer,
     /// `None` once the source stopped: late notify callbacks then do nothing, and the pipeline's
     /// sender is released without waiting for notify's thread to exit.
     out: Option<EventTx>,
-    status: SourceStatus,
-    /// The status after setup, which notes are appended to.
-    running: String,
-    watch_limit_hit: bool,
+    /// To the worker; `None` once stopped.
+    work: Option<SyncSender<Work>>,
+    filter: Filter,
+    roots: Vec<PathBuf>,
+    status: Arc<Mutex<StatusState>>,
+    /// The kernel dropped events (or a new directory's scan could not be queued): rescan every
+    /// tree at the next tick.
+    rescan_pending: bool,
+    last_rescan: Option<Instant>,
 }
 
 impl Shared {
-    fn new(out: EventTx, status: SourceStatus) -> Shared {
+    fn new(
+        out: EventTx,
+        status: Arc<Mutex<StatusState>>,
+        work: SyncSender<Work>,
+        filter: Filter,
+        roots: Vec<PathBuf>,
+    ) -> Shared {
         Shared {
             coalescer: Coalescer::default(),
             out: Some(out),
+            work: Some(work),
+            filter,
+            roots,
             status,
-            running: "running".to_string(),
-            watch_limit_hit: false,
+            rescan_pending: false,
+            last_rescan: None,
         }
-    }
-
-    fn set_running(&mut self, state: String) {
-        self.running = state;
-        self.publish_status();
-    }
-
-    fn publish_status(&self) {
-        let mut state = self.running.clone();
-        if self.watch_limit_hit {
-            state.push_str(
-                "; inotify watch limit reached, new subdirectories are not watched \
-                 (raise fs.inotify.max_user_watches)",
-            );
-        }
-        self.status.set(FileSource::NAME, state);
     }
 
     fn on_notify(&mut self, res: notify::Result<notify::Event>, now: Instant) {
-        let Some(out) = &self.out else { return };
+        let Some(out) = self.out.clone() else { return };
         match res {
             Ok(ev) if ev.need_rescan() => {
-                // The kernel dropped events and does not say how many: count the occurrence.
+                // The kernel dropped events and does not say how many: count the occurrence,
+                // and find what was missed by rescanning.
                 out.count_drop("os_queue_overflow", 1);
+                self.rescan_pending = true;
             }
             Ok(ev) => {
                 if let Some(input) = Input::from_notify(ev) {
-                    self.coalescer.push(input, now, &mut |c| emit(out, c));
+                    let mut changes = Vec::new();
+                    self.coalescer.push(input, now, &mut |c| changes.push(c));
+                    for c in changes {
+                        self.dispatch(&out, c);
+                    }
                 }
             }
             Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
                 out.count_drop("watch_limit", 1);
-                if !self.watch_limit_hit {
-                    self.watch_limit_hit = true;
-                    self.publish_status();
+                // The tree holding the directory that could not be watched is scanned from now
+                // on; unknown (notify did not say): all of them.
+                let at = e.paths.first();
+                let roots: Vec<PathBuf> = match at.and_then(|p| self.roots.iter().find(|r| p.starts_with(r)))
+                {
+                    Some(r) => vec![r.clone()],
+                    None => self.roots.clone(),
+                };
+                let mut st = lock(&self.status);
+                let before = st.degraded.len();
+                st.degraded.extend(roots);
+                if st.degraded.len() != before {
+                    st.publish();
                 }
             }
             Err(_) => out.count_drop("os_error", 1),
         }
     }
 
+    /// Hands a change to the worker; when its queue is full, reports it at once without a hash.
+    fn dispatch(&mut self, out: &EventTx, change: Change) {
+        let Some(work) = &self.work else { return };
+        let appeared = match change.kind {
+            EventKind::FileCreate => Some(change.path.clone()),
+            EventKind::FileRename => change.target.clone(),
+            _ => None,
+        };
+        let Some(change) = self.filter.apply(change) else {
+            // Not reported itself, but a new directory may hold paths that are.
+            if let Some(p) = appeared.filter(|p| !self.filter.excluded(p))
+                && work.try_send(Work::Appeared(p)).is_err()
+            {
+                self.rescan_pending = true;
+            }
+            return;
+        };
+        match work.try_send(Work::Change(change)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(Work::Change(c))) => {
+                out.count_drop("hash_queue_full", 1);
+                if c.kind == EventKind::FileCreate || c.kind == EventKind::FileRename {
+                    // A new directory would not get its scan: rescan everything instead.
+                    self.rescan_pending = true;
+                }
+                if let Some(ev) = worker::unhashed_event(&c) {
+                    let _ = out.send(ev);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
     fn tick(&mut self, now: Instant) {
-        if let Some(out) = &self.out {
-            self.coalescer.tick(now, &mut |c| emit(out, c));
+        let Some(out) = self.out.clone() else { return };
+        let mut changes = Vec::new();
+        self.coalescer.tick(now, &mut |c| changes.push(c));
+        for c in changes {
+            self.dispatch(&out, c);
+        }
+        let due = self.last_rescan.is_none_or(|t| now.saturating_duration_since(t) >= RESCAN_EVERY);
+        if self.rescan_pending
+            && due
+            && let Some(work) = &self.work
+            && work.try_send(Work::Rescan).is_ok()
+        {
+            self.rescan_pending = false;
+            self.last_rescan = Some(now);
         }
     }
 
-    /// Report what is pending and stop sending.
+    /// Hand over what is pending and stop sending.
     fn close(&mut self) {
-        if let Some(out) = self.out.take() {
-            self.coalescer.flush_all(&mut |c| emit(&out, c));
+        if let Some(out) = self.out.clone() {
+            let mut changes = Vec::new();
+            self.coalescer.flush_all(&mut |c| changes.push(c));
+            for c in changes {
+                self.dispatch(&out, c);
+            }
         }
-    }
-}
-
-fn emit(out: &EventTx, change: Change) {
-    if let Some(ev) = to_event(change) {
-        // Full: dropped and counted by `send`. Closed: the run loop notices on its next tick.
-        let _ = out.send(ev);
+        self.out = None;
+        self.work = None;
     }
 }
 
@@ -513,60 +791,6 @@ impl Coalescer {
     }
 }
 
-/// The picket event for `change`, with the file's metadata read now. `None` for an attribute
-/// change on a path that is already gone: that is the link-count change of an unlink, and the
-/// delete that follows says it better.
-fn to_event(change: Change) -> Option<Event> {
-    let Change { kind, path, target, dir } = change;
-    // A deleted path is not read: a new file may already have taken its name.
-    let read_from = match kind {
-        EventKind::FileDelete => None,
-        EventKind::FileRename => target.as_deref(),
-        _ => Some(path.as_path()),
-    };
-    let meta = read_from.and_then(|p| fs::symlink_metadata(p).ok());
-    if kind == EventKind::FileAttrib && meta.is_none() {
-        return None;
-    }
-
-    let mut file = File {
-        path: path.to_string_lossy().into_owned(),
-        target_path: target.map(|t| t.to_string_lossy().into_owned()),
-        ..File::default()
-    };
-    match meta {
-        Some(m) => {
-            let ft = m.file_type();
-            let r#type = if ft.is_file() {
-                "file"
-            } else if ft.is_dir() {
-                "dir"
-            } else if ft.is_symlink() {
-                "symlink"
-            } else {
-                "other"
-            };
-            file.r#type = Some(r#type.to_string());
-            // ECS: size only means something for regular files.
-            file.size = ft.is_file().then_some(m.len());
-            file.inode = Some(m.ino());
-            file.mode = Some(format!("{:04o}", m.mode() & 0o7777));
-            file.uid = Some(m.uid());
-            file.gid = Some(m.gid());
-            file.mtime = m.modified().ok().map(Timestamp::from);
-        }
-        // inotify tells a directory from everything else, but not a file from a symlink.
-        None => file.r#type = dir.then(|| "dir".to_string()),
-    }
-
-    let mut ev = Event::new(kind, Timestamp::now());
-    ev.event.severity = severity::INFO;
-    ev.event.dataset = Some(DATASET.to_string());
-    ev.event.module = Some(MODULE.to_string());
-    ev.file = Some(file);
-    Some(ev)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -723,23 +947,44 @@ mod tests {
     }
 
     #[test]
-    fn overflow_and_errors_are_counted_as_drops_and_the_watch_limit_shows_in_status() {
+    fn overflow_and_errors_are_counted_as_drops_and_the_watch_limit_degrades_its_tree() {
         let (tx, _rx) = mpsc::channel(4);
         let drops = Drops::default();
         let status = SourceStatus::default();
-        let mut shared = Shared::new(EventTx::new("file", tx, drops.clone()), status.clone());
-        shared.set_running("running".into());
+        let state = Arc::new(Mutex::new(StatusState::new(status.clone(), Duration::from_secs(60))));
+        lock(&state).scanning = false;
+        let (work_tx, work_rx) = sync_channel(8);
+        let roots = vec![p("/w"), p("/v")];
+        let mut shared = Shared::new(
+            EventTx::new("file", tx, drops.clone()),
+            Arc::clone(&state),
+            work_tx,
+            Filter::default(),
+            roots,
+        );
         let now = Instant::now();
         shared.on_notify(Ok(notify::Event::new(notify::EventKind::Other).set_flag(Flag::Rescan)), now);
-        shared.on_notify(Err(notify::Error::new(notify::ErrorKind::MaxFilesWatch)), now);
-        shared.on_notify(Err(notify::Error::new(notify::ErrorKind::MaxFilesWatch)), now);
+        shared.on_notify(
+            Err(notify::Error::new(notify::ErrorKind::MaxFilesWatch).add_path(p("/v/deep/dir"))),
+            now,
+        );
+        shared.on_notify(
+            Err(notify::Error::new(notify::ErrorKind::MaxFilesWatch).add_path(p("/v/other"))),
+            now,
+        );
         shared.on_notify(Err(notify::Error::generic("boom")), now);
         let d = drops.snapshot();
         assert_eq!(d.get("file.os_queue_overflow"), Some(&1));
         assert_eq!(d.get("file.watch_limit"), Some(&2));
         assert_eq!(d.get("file.os_error"), Some(&1));
-        let st = status.snapshot()["file"].clone();
-        assert!(st.starts_with("running; inotify watch limit reached"), "{st}");
+        assert_eq!(
+            status.snapshot()["file"],
+            "running (degraded: inotify watch limit reached, 1 tree scanned every 60s (raise fs.inotify.max_user_watches))"
+        );
+        assert_eq!(lock(&state).degraded.iter().collect::<Vec<_>>(), vec![&p("/v")]);
+        // The overflow asks the worker for a rescan at the next tick.
+        shared.tick(now);
+        assert!(matches!(work_rx.try_recv(), Ok(Work::Rescan)));
     }
 
     #[test]

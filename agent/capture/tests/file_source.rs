@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use picket_capture::file::FileSource;
+use picket_capture::file::{FileOptions, FileSource};
 use picket_capture::{CaptureError, Drops, EventTx, ShutdownTrigger, SourceStatus, shutdown_pair};
 use picket_event::{Event, EventKind, severity};
 use tokio::sync::mpsc;
@@ -27,16 +27,21 @@ struct Running {
     task: JoinHandle<Result<(), CaptureError>>,
 }
 
-/// Start the source on `paths` with a queue of `capacity`; return once it has its watches.
+/// Start the source on `paths` with a queue of `capacity`; return once it has its watches and
+/// finished its start-up scan.
 async fn start(paths: Vec<PathBuf>, capacity: usize) -> Running {
+    start_with(FileOptions::new(paths), capacity).await
+}
+
+async fn start_with(opts: FileOptions, capacity: usize) -> Running {
     let (tx, rx) = mpsc::channel(capacity);
     let drops = Drops::default();
     let status = SourceStatus::default();
     let (trigger, shutdown) = shutdown_pair();
     let out = EventTx::new(FileSource::NAME, tx, drops.clone());
-    let task = tokio::spawn(FileSource::new(paths).run(out, status.clone(), shutdown));
+    let task = tokio::spawn(FileSource::with_options(opts).run(out, status.clone(), shutdown));
     let deadline = Instant::now() + WAIT;
-    while !status_of(&status).is_some_and(|s| s.starts_with("running")) {
+    while !status_of(&status).is_some_and(|s| s.starts_with("running") && !s.contains("start-up scan")) {
         assert!(Instant::now() < deadline, "source never reported running: {:?}", status_of(&status));
         assert!(!task.is_finished(), "source ended during setup: {:?}", status_of(&status));
         sleep(Duration::from_millis(10)).await;

@@ -268,6 +268,9 @@ pub struct Event {
     pub destination: Option<Endpoint>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<Dns>,
+    /// `net.flow` / `net.dns`: ECS `network.*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<User>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -299,6 +302,7 @@ impl Event {
             source: None,
             destination: None,
             dns: None,
+            network: None,
             user: None,
             rule: None,
             health: None,
@@ -336,6 +340,10 @@ pub struct EventMeta {
     /// `max_attempts`, `pam`, `preauth_disconnect`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    /// For `alert` events: the seq of the event that triggered the alert (for a policy alert on a
+    /// Sigma alert, the Sigma alert's seq). Filled in by the journal writer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_seq: Option<u64>,
     /// ECS `event.duration`, in nanoseconds. For `process.exit`: how long the process lived (from
     /// its fork, or its exec when the fork was not seen).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -433,6 +441,33 @@ pub struct Endpoint {
     pub bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packets: Option<u64>,
+    /// ECS `destination.domain`: for a flow, the name a DNS answer seen earlier gave this address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+}
+
+/// ECS `network.*`, on `net.flow` and `net.dns`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Network {
+    /// `tcp`, `udp`, `icmp`, `ipv6-icmp`, or the IP protocol number as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
+    /// `ipv4` or `ipv6`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<String>,
+    /// ECS direction relative to this host: `inbound`, `outbound`, `internal`, `unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
+    /// IP bytes, both directions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Packets, both directions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets: Option<u64>,
+    /// TCP flags seen in the flow, either direction: `SYN`, `ACK`, `FIN`, `RST`, `PSH`, `URG`,
+    /// `ECE`, `CWR`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_flags: Option<Vec<String>>,
 }
 
 /// ECS `dns.*`.
@@ -470,6 +505,19 @@ pub struct Rule {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Where the rule comes from: `sigma` for Sigma rules; absent for picket policies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ruleset: Option<String>,
+    /// Sigma `level`: `informational`, `low`, `medium`, `high` or `critical`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// The rule's author, as the rule states it (the Detection Rule License requires it on
+    /// every match of a SigmaHQ rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// The rule's tags, e.g. `attack.execution`, `attack.t1059.004`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
 }
 
 /// The agent's own health, carried by `agent.health` and shown by `picket status`.
@@ -486,6 +534,10 @@ pub struct Health {
     pub drops: BTreeMap<String, u64>,
     /// State of each source: `running`, `disabled`, `unavailable: <why>`, `failed: <why>`.
     pub sources: BTreeMap<String, String>,
+    /// Detection counters since start: `sigma.evaluated`, `sigma.alerts.<level>`, and
+    /// `sigma.below_level.<level>` (matches under `policies.sigma_min_level`, counted only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub detections: BTreeMap<String, u64>,
     pub journal_bytes: u64,
     pub journal_events: u64,
     pub journal_last_seq: u64,

@@ -108,6 +108,7 @@ struct AgentConfig {
 #[serde(deny_unknown_fields)]
 struct PoliciesConfig {
     paths: Vec<String>,
+    sigma_min_level: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +131,10 @@ struct ProcessSourceConfig {
 struct FileSourceConfig {
     enabled: bool,
     paths: Vec<String>,
+    include: Vec<String>,
+    exclude: Vec<String>,
+    hash_max_bytes: i128,
+    scan_interval_secs: i128,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,6 +277,31 @@ impl fmt::Display for Mode {
 pub struct PoliciesSettings {
     /// Policy files or directories.
     pub paths: Vec<PathBuf>,
+    /// Sigma rules at or above this level raise alerts; lower ones are only counted.
+    pub sigma_min_level: SigmaLevel,
+}
+
+/// Sigma's rule levels, in order (`policies.sigma_min_level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SigmaLevel {
+    Informational,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl SigmaLevel {
+    pub const NAMES: [&str; 5] = ["informational", "low", "medium", "high", "critical"];
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    fn parse(s: &str) -> Option<SigmaLevel> {
+        use SigmaLevel as L;
+        [L::Informational, L::Low, L::Medium, L::High, L::Critical].into_iter().find(|l| l.as_str() == s)
+    }
 }
 
 /// `[sources.*]`
@@ -295,6 +325,14 @@ pub struct FileSourceSettings {
     pub enabled: bool,
     /// Watched trees.
     pub paths: Vec<PathBuf>,
+    /// Globs over whole paths: only matching paths are reported (empty: all).
+    pub include: Vec<String>,
+    /// Globs over whole paths never reported; matching directories are not scanned.
+    pub exclude: Vec<String>,
+    /// Regular files up to this size are hashed (SHA-256); 0: none.
+    pub hash_max_bytes: u64,
+    /// Period of the scans of trees inotify cannot watch (watch limit reached).
+    pub scan_interval: Duration,
 }
 
 /// `[sources.auth]`
@@ -922,7 +960,26 @@ impl Check<'_, '_> {
         let status_interval = self.interval("agent.status_interval_secs", agent.status_interval_secs);
 
         let policy_paths = self.paths("policies.paths", &policies.paths);
+        let sigma_min_level = SigmaLevel::parse(&policies.sigma_min_level).or_else(|| {
+            let allowed: Vec<String> = SigmaLevel::NAMES.iter().map(|n| format!("\"{n}\"")).collect();
+            self.error(
+                "policies.sigma_min_level",
+                None,
+                format!(
+                    "invalid value {}; allowed values: {}",
+                    quote(&policies.sigma_min_level),
+                    allowed.join(", ")
+                ),
+            );
+            None
+        });
         let file_paths = self.paths("sources.file.paths", &sources.file.paths);
+        let file_include = self.globs("sources.file.include", &sources.file.include);
+        let file_exclude = self.globs("sources.file.exclude", &sources.file.exclude);
+        let hash_max_bytes =
+            self.int_in("sources.file.hash_max_bytes", sources.file.hash_max_bytes, 0, 1 << 32);
+        let scan_interval_secs =
+            self.int_in("sources.file.scan_interval_secs", sources.file.scan_interval_secs, 1, 86_400);
         let auth_files = self.paths("sources.auth.files", &sources.auth.files);
         let interface = &sources.network.interface;
         if interface.is_empty()
@@ -1047,10 +1104,17 @@ impl Check<'_, '_> {
                 health_interval: health_interval?,
                 status_interval: status_interval?,
             },
-            policies: PoliciesSettings { paths: policy_paths? },
+            policies: PoliciesSettings { paths: policy_paths?, sigma_min_level: sigma_min_level? },
             sources: SourcesSettings {
                 process: ProcessSourceSettings { enabled: sources.process.enabled },
-                file: FileSourceSettings { enabled: sources.file.enabled, paths: file_paths? },
+                file: FileSourceSettings {
+                    enabled: sources.file.enabled,
+                    paths: file_paths?,
+                    include: file_include?,
+                    exclude: file_exclude?,
+                    hash_max_bytes: hash_max_bytes?,
+                    scan_interval: Duration::from_secs(scan_interval_secs?),
+                },
                 auth: AuthSourceSettings { enabled: sources.auth.enabled, files: auth_files? },
                 network: NetworkSourceSettings {
                     enabled: sources.network.enabled,
@@ -1117,6 +1181,23 @@ impl Check<'_, '_> {
             }
         }
         ok.then_some(out)
+    }
+
+    /// A list of path globs (`sources.file.include` / `exclude`), each checked.
+    fn globs(&mut self, key: &str, texts: &[String]) -> Option<Vec<String>> {
+        let mut ok = true;
+        for (i, text) in texts.iter().enumerate() {
+            let problem = if text.is_empty() {
+                Some("must not be empty".to_string())
+            } else {
+                picket_capture::file::check_glob(text).err()
+            };
+            if let Some(why) = problem {
+                self.error(key, Some(i), format!("element {}: invalid glob {}: {why}", i + 1, quote(text)));
+                ok = false;
+            }
+        }
+        ok.then(|| texts.to_vec())
     }
 
     /// A list of absolute paths (the list itself may be empty).
@@ -1497,6 +1578,9 @@ mod tests {
         assert!(s.sources.process.enabled);
         assert!(s.sources.file.enabled);
         assert_eq!(s.sources.file.paths, vec![PathBuf::from("./picket-data/watch")]);
+        assert!(s.sources.file.include.is_empty() && s.sources.file.exclude.is_empty());
+        assert_eq!(s.sources.file.hash_max_bytes, 32 << 20);
+        assert_eq!(s.sources.file.scan_interval, Duration::from_secs(60));
         assert!(s.sources.auth.enabled);
         assert_eq!(
             s.sources.auth.files,
@@ -1532,6 +1616,34 @@ mod tests {
         assert_eq!(s.uplink.topic_prefix, "picket/v1/default");
         assert_eq!(s.journal.max_bytes, 64 << 20);
         assert_eq!(s.journal_path(), PathBuf::from("./picket-data/journal.db"));
+    }
+
+    #[test]
+    fn file_source_keys_are_validated_with_their_lines() {
+        let text = "[sources.file]\ninclude = [\"*.conf\", \"a[\"]\nexclude = [\"\"]\nhash_max_bytes = -1\nscan_interval_secs = 0\n";
+        let errors: Vec<String> =
+            load_str(text, "t.toml").unwrap_err().0.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+        assert!(
+            errors[0].starts_with("t.toml:2: sources.file.include: element 2: invalid glob \"a[\""),
+            "{errors:#?}"
+        );
+        assert_eq!(
+            errors[1],
+            "t.toml:3: sources.file.exclude: element 1: invalid glob \"\": must not be empty"
+        );
+        assert_eq!(
+            errors[2],
+            "t.toml:4: sources.file.hash_max_bytes: must be between 0 and 4294967296, got -1"
+        );
+        assert_eq!(
+            errors[3],
+            "t.toml:5: sources.file.scan_interval_secs: must be between 1 and 86400, got 0"
+        );
+        let ok = load_str("[sources.file]\ninclude = [\"/etc/**\"]\nscan_interval_secs = 300\n", "t.toml")
+            .unwrap();
+        assert_eq!(ok.sources.file.include, vec!["/etc/**".to_string()]);
+        assert_eq!(ok.sources.file.scan_interval, Duration::from_secs(300));
     }
 
     #[test]
@@ -1646,7 +1758,7 @@ max_bytes = \"big\"
                 "test.toml:2: agent.datadir: unknown key; did you mean `agent.data_dir`?",
                 "test.toml:3: agent.max_bytes: unknown key here; did you mean `journal.max_bytes`?",
                 "test.toml:4: agnet: unknown key; did you mean `agent`?",
-                "test.toml:6: policies.foo: unknown key; valid keys here: `paths`",
+                "test.toml:6: policies.foo: unknown key; valid keys here: `paths`, `sigma_min_level`",
             ]
         );
     }

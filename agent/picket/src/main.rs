@@ -14,6 +14,7 @@ mod health;
 mod liveview;
 mod policy;
 mod runtime;
+mod sigma;
 
 /// A small security agent: captures process, file, network and login events, decides and acts on
 /// the device, journals everything to SQLite, and syncs signed batches to a SOC.
@@ -177,7 +178,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             commands::journal_export(&loc.data_dir()?, since_seq)
         }
         Command::Status { loc } => commands::status(&loc.data_dir()?),
-        Command::Policy(PolicyCommand::Check { paths }) => Ok(policy::check(&paths)),
+        Command::Policy(PolicyCommand::Check { paths }) => {
+            Ok(policy::check(&paths, config::default_settings().policies.sigma_min_level))
+        }
         Command::Policy(PolicyCommand::Test { paths }) => Ok(policy::test(&paths)),
         Command::Replay { format: ReplayFormat::Events, policies, emit, input } => {
             policy::replay_events(&input, policies.as_deref(), &emit)
@@ -185,8 +188,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Replay { format: ReplayFormat::AuthLog, policies, emit, input } => {
             policy::replay_auth_log(&input, policies.as_deref(), &emit)
         }
-        Command::Replay { format: ReplayFormat::Pcap, .. } => {
-            Ok(commands::not_yet("replay --format pcap", "packet decoding"))
+        Command::Replay { format: ReplayFormat::Pcap, policies, emit, input } => {
+            commands::replay_pcap(&input, policies.as_deref(), &emit)
         }
         Command::Identity { loc, export } => {
             let (data_dir, device_id) = loc.data_dir_and_device_id()?;

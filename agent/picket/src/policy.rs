@@ -10,7 +10,8 @@ use anyhow::Context;
 use picket_event::Event;
 use picket_policy::{Decision, Engine, PolicySet, StateLimits, StateSnapshot};
 
-use crate::config::{self, Mode as AgentMode};
+use crate::config::{self, Mode as AgentMode, SigmaLevel};
+use crate::sigma::Sigma;
 
 /// Exit code for invalid policies or input.
 const EXIT_INVALID: u8 = 2;
@@ -48,18 +49,32 @@ pub fn load_for_agent(paths: &[PathBuf]) -> Result<(PolicySet, Vec<String>), Str
     Ok((set, warnings))
 }
 
-pub fn check(paths: &[PathBuf]) -> ExitCode {
+/// `picket policy check`: picket's policies and the Sigma rules among them. Sigma rules that
+/// cannot apply to picket's events are listed with the reason; they do not fail the check.
+pub fn check(paths: &[PathBuf], sigma_min_level: SigmaLevel) -> ExitCode {
+    let mut ok = true;
     match picket_policy::load_paths(paths) {
-        Ok(set) => {
-            println!("{} rule(s) ok", set.len());
-            ExitCode::SUCCESS
-        }
+        Ok(set) => println!("{} rule(s) ok", set.len()),
         Err(errors) => {
             eprintln!("{errors}");
             eprintln!("{} error(s)", errors.0.len());
-            ExitCode::from(EXIT_INVALID)
+            ok = false;
         }
     }
+    match Sigma::load(paths, sigma_min_level) {
+        Ok((_, loaded)) if loaded.files == 0 => {}
+        Ok((_, loaded)) => {
+            for n in &loaded.notes {
+                println!("{n}");
+            }
+            println!("{} ok", loaded.summary());
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ok = false;
+        }
+    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_INVALID) }
 }
 
 pub fn test(paths: &[PathBuf]) -> ExitCode {
@@ -102,45 +117,86 @@ impl Emit {
     }
 }
 
-/// The policy set for replay: `--policies DIR`, else the config's `policies.paths` (embedded
+/// The rules replay runs: picket's policies and the Sigma rules among the same paths.
+struct Replay {
+    engine: Engine,
+    sigma: Sigma,
+    decisions: Vec<Decision>,
+    alerts: Vec<Event>,
+}
+
+/// The rules for replay: `--policies DIR`, else the config's `policies.paths` (embedded
 /// default: `policies`).
-fn replay_policies(dir: Option<&Path>) -> Result<PolicySet, ExitCode> {
+fn replay_rules(dir: Option<&Path>) -> Result<Replay, ExitCode> {
+    let defaults = config::default_settings();
+    let paths = match dir {
+        Some(d) => vec![d.to_path_buf()],
+        None => defaults.policies.paths.clone(),
+    };
     let loaded = match dir {
-        Some(d) => picket_policy::load_paths(&[d.to_path_buf()]).map_err(|e| e.to_string()),
-        None => load_for_agent(&config::default_settings().policies.paths).map(|(set, warnings)| {
+        Some(_) => picket_policy::load_paths(&paths).map_err(|e| e.to_string()),
+        None => load_for_agent(&paths).map(|(set, warnings)| {
             for w in warnings {
                 eprintln!("picket replay: {w} (use --policies DIR)");
             }
             set
         }),
     };
-    loaded.map_err(|errors| {
+    let fail = |errors: String| {
         eprintln!("{errors}");
         ExitCode::from(EXIT_INVALID)
+    };
+    let set = loaded.map_err(fail)?;
+    let (sigma, _) = Sigma::load(&paths, defaults.policies.sigma_min_level).map_err(fail)?;
+    Ok(Replay {
+        engine: Engine::new(Arc::new(set), StateLimits::default()),
+        sigma,
+        decisions: Vec::new(),
+        alerts: Vec::new(),
     })
 }
 
-/// One event through the engine, printed per `emit`. `line` is the input line it came from.
-fn emit_one(
-    out: &mut impl Write,
-    engine: &mut Engine,
-    ev: &Event,
-    line: usize,
-    emit: Emit,
-    decisions: &mut Vec<Decision>,
-) -> io::Result<()> {
-    engine.evaluate(ev, decisions);
+/// One event through the rules, printed per `emit`: with `events`, the event and then each Sigma
+/// alert it raised; with `decisions`, each policy decision (on the event, then on its Sigma
+/// alerts). `line` is the input line it came from.
+fn emit_one(out: &mut impl Write, r: &mut Replay, ev: &Event, line: usize, emit: Emit) -> io::Result<()> {
+    r.engine.evaluate(ev, &mut r.decisions);
+    r.sigma.detect(ev, &mut r.alerts);
     if emit.events {
         serde_json::to_writer(&mut *out, ev)?;
         out.write_all(b"\n")?;
     }
+    write_decisions(out, &mut r.decisions, ev, line, emit)?;
+    for alert in std::mem::take(&mut r.alerts) {
+        r.engine.evaluate(&alert, &mut r.decisions);
+        if emit.events {
+            serde_json::to_writer(&mut *out, &alert)?;
+            out.write_all(b"\n")?;
+        }
+        write_decisions(out, &mut r.decisions, &alert, line, emit)?;
+    }
+    Ok(())
+}
+
+fn write_decisions(
+    out: &mut impl Write,
+    decisions: &mut Vec<Decision>,
+    trigger: &Event,
+    line: usize,
+    emit: Emit,
+) -> io::Result<()> {
     if emit.decisions {
         for d in decisions.iter() {
             let mut v = serde_json::to_value(d).map_err(io::Error::other)?;
             if let Some(o) = v.as_object_mut() {
                 o.insert("kind".into(), "decision".into());
-                if ev.seq != 0 {
-                    o.insert("trigger_seq".into(), ev.seq.into());
+                if trigger.seq != 0 {
+                    o.insert("trigger_seq".into(), trigger.seq.into());
+                }
+                if let Some(rule) =
+                    trigger.rule.as_ref().filter(|_| trigger.kind == picket_event::EventKind::Alert)
+                {
+                    o.insert("trigger_rule".into(), rule.id.clone().into());
                 }
                 o.insert("trigger_line".into(), line.into());
             }
@@ -156,15 +212,13 @@ fn emit_one(
 /// real engine. Never touches the host: there is no actions module in this path at all.
 pub fn replay_events(input: &str, policies: Option<&Path>, emit: &str) -> anyhow::Result<ExitCode> {
     let emit = Emit::parse(emit)?;
-    let set = match replay_policies(policies) {
-        Ok(s) => s,
+    let mut rules = match replay_rules(policies) {
+        Ok(r) => r,
         Err(code) => return Ok(code),
     };
-    let mut engine = Engine::new(Arc::new(set), StateLimits::default());
     let reader = open_input(input)?;
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    let mut decisions = Vec::new();
     let mut bad = 0u64;
     for (i, line) in reader.split(b'\n').enumerate() {
         let line = line.with_context(|| format!("reading {input}"))?;
@@ -172,7 +226,7 @@ pub fn replay_events(input: &str, policies: Option<&Path>, emit: &str) -> anyhow
             continue;
         }
         match serde_json::from_slice::<Event>(&line) {
-            Ok(ev) => match emit_one(&mut out, &mut engine, &ev, i + 1, emit, &mut decisions) {
+            Ok(ev) => match emit_one(&mut out, &mut rules, &ev, i + 1, emit) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
                 Err(e) => return Err(e.into()),
@@ -238,11 +292,10 @@ fn open_input(input: &str) -> anyhow::Result<Box<dyn BufRead>> {
 pub fn replay_auth_log(input: &str, policies: Option<&Path>, emit: &str) -> anyhow::Result<ExitCode> {
     use picket_capture::auth::{ParseOutcome, YearHint, parse_line};
     let emit = Emit::parse(emit)?;
-    let set = match replay_policies(policies) {
-        Ok(s) => s,
+    let mut rules = match replay_rules(policies) {
+        Ok(r) => r,
         Err(code) => return Ok(code),
     };
-    let mut engine = Engine::new(Arc::new(set), StateLimits::default());
     let year_from = if input == "-" {
         picket_event::Timestamp::now()
     } else {
@@ -254,7 +307,6 @@ pub fn replay_auth_log(input: &str, policies: Option<&Path>, emit: &str) -> anyh
     let reader = open_input(input)?;
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    let mut decisions = Vec::new();
     let (mut lines, mut events, mut malformed) = (0u64, 0u64, 0u64);
     for (i, line) in reader.split(b'\n').enumerate() {
         let line = line.with_context(|| format!("reading {input}"))?;
@@ -262,7 +314,7 @@ pub fn replay_auth_log(input: &str, policies: Option<&Path>, emit: &str) -> anyh
         match parse_line(&line, year) {
             ParseOutcome::Event(ev) => {
                 events += 1;
-                match emit_one(&mut out, &mut engine, &ev, i + 1, emit, &mut decisions) {
+                match emit_one(&mut out, &mut rules, &ev, i + 1, emit) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
                     Err(e) => return Err(e.into()),

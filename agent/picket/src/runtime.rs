@@ -33,6 +33,8 @@ use picket_contain::safety::{ActionKind, Protected, SharedAddrs};
 use picket_event::{Event, EventKind, Health, Timestamp, severity};
 use picket_journal::{Journal, JournalOptions, JournalStats};
 use picket_policy::{ActionRequest, Decision, Engine, PolicySet, StateLimits, alert_event};
+
+use crate::sigma::Sigma;
 use picket_uplink::sender::{self, AckMode, SenderConfig, SharedStatus};
 use picket_wire::Identity;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -69,6 +71,14 @@ pub struct JournalCounters {
 
 enum JournalCmd {
     Append(Box<Event>),
+    /// An event alerts may point at (`event.trigger_seq`): a source event, or a Sigma alert
+    /// (which policies evaluate in turn). With `alert`, it is itself an alert on the trigger before.
+    Trigger {
+        ev: Box<Event>,
+        alert: bool,
+    },
+    /// An alert on the last [`JournalCmd::Trigger`]: its seq goes into `event.trigger_seq`.
+    Alert(Box<Event>),
     Stats(oneshot::Sender<Result<JournalStats, String>>),
 }
 
@@ -130,6 +140,28 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    let sigma = match Sigma::load(&settings.policies.paths, settings.policies.sigma_min_level) {
+        Ok((sigma, loaded)) => {
+            for n in &loaded.notes {
+                eprintln!("picket: sigma: {n}");
+            }
+            if loaded.files > 0 {
+                println!(
+                    "sigma: {}; alerts at {} and above",
+                    loaded.summary(),
+                    settings.policies.sigma_min_level.as_str()
+                );
+            }
+            sigma
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "picket: not started: the Sigma rules above are invalid (picket policy check shows the same)"
+            );
+            return Ok(ExitCode::from(2));
+        }
+    };
     let journal = Journal::open(
         &settings.journal_path(),
         JournalOptions { max_bytes: settings.journal.max_bytes, host_id: device_id.clone() },
@@ -145,14 +177,14 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(agent(settings, journal, device_id, policies, identity))
+    rt.block_on(agent(settings, journal, device_id, (policies, sigma), identity))
 }
 
 async fn agent(
     settings: Settings,
     journal: Journal,
     device_id: String,
-    policies: PolicySet,
+    (policies, sigma): (PolicySet, Sigma),
     identity: Option<(Arc<Identity>, AckMode)>,
 ) -> anyhow::Result<ExitCode> {
     let started = Timestamp::now();
@@ -211,8 +243,14 @@ async fn agent(
         engine.stats().rules,
         display_paths(&settings.policies.paths)
     );
-    let (reload_tx, reload_rx) = mpsc::channel::<PolicySet>(1);
-    tokio::spawn(reload_loop(settings.policies.paths.clone(), reload_tx, shutdown.clone()));
+    let (reload_tx, reload_rx) = mpsc::channel::<(PolicySet, Sigma)>(1);
+    tokio::spawn(reload_loop(
+        settings.policies.paths.clone(),
+        settings.policies.sigma_min_level,
+        reload_tx,
+        shutdown.clone(),
+    ));
+    let detections = Detections::default();
     let pipeline = tokio::spawn(pipeline(
         source_rx,
         journal_tx.clone(),
@@ -224,6 +262,8 @@ async fn agent(
             reload: reload_rx,
             contain,
             drops: drops.clone(),
+            sigma,
+            detections: detections.clone(),
         },
     ));
     let live = tokio::spawn(liveview::run(
@@ -244,6 +284,7 @@ async fn agent(
         sources: sources.clone(),
         source_depth,
         uplink: uplink_status,
+        detections,
         shutdown: shutdown.clone(),
     }));
 
@@ -415,8 +456,16 @@ fn spawn_sources(
     if s.file.enabled {
         // Events carry absolute, clean paths (`/srv/x`, not `./x` or `/srv/./x`), whatever the config said.
         let paths = s.file.paths.iter().map(|p| absolute_clean(p)).collect();
+        let opts = picket_capture::file::FileOptions {
+            include: s.file.include.clone(),
+            exclude: s.file.exclude.clone(),
+            hash_max_bytes: s.file.hash_max_bytes,
+            scan_interval: s.file.scan_interval,
+            baseline: Some(settings.agent.data_dir.join(picket_capture::file::BASELINE_FILE)),
+            ..picket_capture::file::FileOptions::new(paths)
+        };
         let out = EventTx::new(FileSource::NAME, tx.clone(), drops.clone());
-        let run = FileSource::new(paths).run(out, status.clone(), shutdown.clone());
+        let run = FileSource::with_options(opts).run(out, status.clone(), shutdown.clone());
         spawn_source(FileSource::NAME, status, run);
     } else {
         status.set(FileSource::NAME, "disabled");
@@ -438,8 +487,38 @@ fn spawn_sources(
     } else {
         status.set(ProcessSource::NAME, "disabled");
     }
-    // Network capture is not in this build yet: say so plainly, once, and go on.
-    status.set("network", if s.network.enabled { "unavailable: not in this build yet" } else { "disabled" });
+    if s.network.enabled {
+        spawn_network(settings, tx, drops, status, shutdown);
+    } else {
+        status.set("network", "disabled");
+    }
+}
+
+/// The live network source (picket-netcap over libpcap) on its own thread: libpcap blocks.
+#[cfg(feature = "pcap")]
+fn spawn_network(
+    settings: &Settings,
+    tx: &mpsc::Sender<Event>,
+    drops: &Drops,
+    status: &SourceStatus,
+    shutdown: &Shutdown,
+) {
+    use picket_netcap::live::{self, LiveConfig};
+    let cfg = LiveConfig { interface: settings.sources.network.interface.clone(), ..LiveConfig::default() };
+    let out = EventTx::new(live::SOURCE, tx.clone(), drops.clone());
+    let (st, sd) = (status.clone(), shutdown.clone());
+    let run = async move {
+        tokio::task::spawn_blocking(move || live::run_blocking(cfg, out, st, sd)).await.map_err(|e| {
+            CaptureError::Failed { source_name: live::SOURCE, message: format!("capture thread: {e}") }
+        })?
+    };
+    spawn_source(live::SOURCE, status, run);
+}
+
+/// Built without libpcap (`--no-default-features`): say so plainly, once, and go on.
+#[cfg(not(feature = "pcap"))]
+fn spawn_network(_: &Settings, _: &mpsc::Sender<Event>, _: &Drops, status: &SourceStatus, _: &Shutdown) {
+    status.set("network", "unavailable: this build has no live capture (built without the pcap feature)");
 }
 
 /// Run a source as its own task; a source that ends with an error shows as `failed: ...` in
@@ -470,9 +549,26 @@ struct Pipeline {
     device_id: String,
     mode: picket_policy::Mode,
     data_dir: PathBuf,
-    reload: mpsc::Receiver<PolicySet>,
+    reload: mpsc::Receiver<(PolicySet, Sigma)>,
     contain: Containment,
     drops: Drops,
+    sigma: Sigma,
+    detections: Detections,
+}
+
+/// Detection counters (`sigma.alerts.high`, `sigma.below_level.low`, ...), copied from the
+/// pipeline once a second for `agent.health` and `picket status`.
+#[derive(Clone, Debug, Default)]
+struct Detections(Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>);
+
+impl Detections {
+    fn set(&self, m: std::collections::BTreeMap<String, u64>) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = m;
+    }
+
+    fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
 }
 
 /// How often TTLs are checked and outside changes to the containment state picked up.
@@ -482,12 +578,16 @@ const CONTAIN_TICK: Duration = Duration::from_secs(1);
 /// attacker's count (a clean stop saves them at once).
 const STATE_SAVE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Sources → policy → actions → journal. Each event is journaled, then each alert it triggered
-/// (so an alert's trigger always has the lower seq), then that alert's actions: every action's
-/// intent is queued for the journal before the action runs and its outcome after (a block runs
-/// right here, ~0.05 ms; slower actions on the containment worker, which journals their outcome).
+/// Sources → policy and Sigma → actions → journal. Each event is journaled, then each alert it
+/// triggered (so an alert's trigger always has the lower seq, and the alert names it in
+/// `event.trigger_seq`), then that alert's actions: every action's intent is queued for the
+/// journal before the action runs and its outcome after (a block runs right here, ~0.05 ms;
+/// slower actions on the containment worker, which journals their outcome). Then each Sigma alert
+/// the event raised, which picket's policies evaluate in turn (`on: alert`), with their alerts and
+/// actions. Policy alerts are not evaluated again.
 async fn pipeline(mut rx: mpsc::Receiver<Event>, journal: mpsc::Sender<JournalCmd>, mut p: Pipeline) {
     let mut decisions = Vec::new();
+    let mut sigma_alerts = Vec::new();
     let mut save = tokio::time::interval(STATE_SAVE_INTERVAL);
     let mut tick = tokio::time::interval(CONTAIN_TICK);
     let mut dirty = false;
@@ -496,50 +596,14 @@ async fn pipeline(mut rx: mpsc::Receiver<Event>, journal: mpsc::Sender<JournalCm
             ev = rx.recv() => {
                 let Some(mut ev) = ev else { break };
                 ev.host.id.clone_from(&p.device_id);
-                p.engine.evaluate(&ev, &mut decisions);
-                // Prepared now (safety checks, mode, budget, a pending state row; nothing on the
-                // host yet), so each alert can say what happens to its actions.
-                let mut alerts = Vec::with_capacity(decisions.len());
-                for d in decisions.drain(..) {
-                    let mode = d.effective_mode(p.mode);
-                    let ctx = ActionContext {
-                        rule_id: d.rule_id.to_string(),
-                        mode,
-                        severity: d.severity,
-                        // The start time the process source read at exec: kill refuses a pid
-                        // that has been reused since.
-                        process_start_time: ev.process.as_ref().and_then(|p| p.start_ticks),
-                    };
-                    let prepared: Vec<Prepared> = d.actions.iter().map(|a| p.contain.prepare(a, &ctx)).collect();
-                    alerts.push((alert_for(&d, &ev, mode, &prepared), prepared));
-                }
+                p.sigma.detect(&ev, &mut sigma_alerts);
                 dirty = true;
-                if journal.send(JournalCmd::Append(Box::new(ev))).await.is_err() {
-                    break;
+                if decide(&mut p, &journal, ev, false, &mut decisions).await.is_err() {
+                    break 'events;
                 }
-                for (alert, prepared) in alerts {
-                    if journal.send(JournalCmd::Append(Box::new(alert))).await.is_err() {
+                for alert in sigma_alerts.drain(..) {
+                    if decide(&mut p, &journal, alert, true, &mut decisions).await.is_err() {
                         break 'events;
-                    }
-                    for step in prepared {
-                        let (first, act) = match step {
-                            Prepared::Done(ev) => (ev, None),
-                            Prepared::Act { intent, act } => (intent, Some(act)),
-                        };
-                        if journal.send(JournalCmd::Append(first)).await.is_err() {
-                            break 'events;
-                        }
-                        let Some(act) = act else { continue };
-                        let outcome = p.contain.execute(act);
-                        let dropped = p.contain.take_dropped();
-                        if dropped > 0 {
-                            p.drops.add("contain", "worker_queue_full", dropped);
-                        }
-                        if let Some(outcome) = outcome
-                            && journal.send(JournalCmd::Append(Box::new(outcome))).await.is_err()
-                        {
-                            break 'events;
-                        }
                     }
                 }
             }
@@ -549,10 +613,12 @@ async fn pipeline(mut rx: mpsc::Receiver<Event>, journal: mpsc::Sender<JournalCm
                         break 'events;
                     }
                 }
+                p.detections.set(p.sigma.counters());
             }
-            Some(set) = p.reload.recv() => {
+            Some((set, sigma)) = p.reload.recv() => {
                 let n = set.len();
                 p.engine.replace_set(Arc::new(set));
+                p.sigma = sigma;
                 println!("policies reloaded: {n} rule(s)");
             }
             _ = save.tick() => {
@@ -572,6 +638,57 @@ async fn pipeline(mut rx: mpsc::Receiver<Event>, journal: mpsc::Sender<JournalCm
     // still open; queued ones are journaled as skipped.
     let mut contain = p.contain;
     let _ = tokio::task::spawn_blocking(move || contain.shutdown(Duration::from_secs(2))).await;
+}
+
+/// Evaluate picket's policies on `ev`, then journal it, each alert it triggered, and each alert's
+/// actions (carried out as they are journaled). `is_alert`: `ev` is a Sigma alert on the event
+/// journaled just before. Err: the journal is gone (shutting down).
+async fn decide(
+    p: &mut Pipeline,
+    journal: &mpsc::Sender<JournalCmd>,
+    ev: Event,
+    is_alert: bool,
+    decisions: &mut Vec<Decision>,
+) -> Result<(), ()> {
+    p.engine.evaluate(&ev, decisions);
+    // Prepared now (safety checks, mode, budget, a pending state row; nothing on the host yet),
+    // so each alert can say what happens to its actions.
+    let mut alerts = Vec::with_capacity(decisions.len());
+    for d in decisions.drain(..) {
+        let mode = d.effective_mode(p.mode);
+        let ctx = ActionContext {
+            rule_id: d.rule_id.to_string(),
+            mode,
+            severity: d.severity,
+            // The start time the process source read at exec: kill refuses a pid that has been
+            // reused since.
+            process_start_time: ev.process.as_ref().and_then(|p| p.start_ticks),
+        };
+        let prepared: Vec<Prepared> = d.actions.iter().map(|a| p.contain.prepare(a, &ctx)).collect();
+        alerts.push((alert_for(&d, &ev, mode, &prepared), prepared));
+    }
+    let send = |cmd| async { journal.send(cmd).await.map_err(|_| ()) };
+    send(JournalCmd::Trigger { ev: Box::new(ev), alert: is_alert }).await?;
+    for (alert, prepared) in alerts {
+        send(JournalCmd::Alert(Box::new(alert))).await?;
+        for step in prepared {
+            let (first, act) = match step {
+                Prepared::Done(ev) => (ev, None),
+                Prepared::Act { intent, act } => (intent, Some(act)),
+            };
+            send(JournalCmd::Append(first)).await?;
+            let Some(act) = act else { continue };
+            let outcome = p.contain.execute(act);
+            let dropped = p.contain.take_dropped();
+            if dropped > 0 {
+                p.drops.add("contain", "worker_queue_full", dropped);
+            }
+            if let Some(outcome) = outcome {
+                send(JournalCmd::Append(Box::new(outcome))).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The `alert` event for a decision, saying what containment it asked for and what happens to
@@ -622,7 +739,12 @@ fn describe_action(a: &ActionRequest) -> String {
 
 /// Reload policies on SIGHUP and when a policy file changes (checked every
 /// [`POLICY_POLL`]). A set that does not load is reported and the running set stays.
-async fn reload_loop(paths: Vec<PathBuf>, tx: mpsc::Sender<PolicySet>, mut shutdown: Shutdown) {
+async fn reload_loop(
+    paths: Vec<PathBuf>,
+    sigma_min_level: config::SigmaLevel,
+    tx: mpsc::Sender<(PolicySet, Sigma)>,
+    mut shutdown: Shutdown,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).ok();
     let mut poll = tokio::time::interval(POLICY_POLL);
@@ -638,9 +760,11 @@ async fn reload_loop(paths: Vec<PathBuf>, tx: mpsc::Sender<PolicySet>, mut shutd
                 "a policy file changed"
             }
         };
-        match policy::load_for_agent(&paths) {
-            Ok((set, _)) => {
-                if tx.send(set).await.is_err() {
+        let loaded = policy::load_for_agent(&paths)
+            .and_then(|(set, _)| Sigma::load(&paths, sigma_min_level).map(|(sigma, _)| (set, sigma)));
+        match loaded {
+            Ok(both) => {
+                if tx.send(both).await.is_err() {
                     return;
                 }
             }
@@ -695,18 +819,29 @@ fn journal_writer(
     counters: &JournalCounters,
     drops: &Drops,
 ) {
-    let mut batch: Vec<Event> = Vec::with_capacity(64);
+    let mut batch = Batch::default();
     while let Some(cmd) = rx.blocking_recv() {
         let mut next = Some(cmd);
         while let Some(cmd) = next.take() {
             match cmd {
-                JournalCmd::Append(ev) => batch.push(*ev),
+                JournalCmd::Append(ev) => batch.events.push(*ev),
+                JournalCmd::Trigger { ev, alert } => {
+                    if alert {
+                        batch.link_to_trigger();
+                    }
+                    batch.trigger = Trigger::InBatch(batch.events.len());
+                    batch.events.push(*ev);
+                }
+                JournalCmd::Alert(ev) => {
+                    batch.link_to_trigger();
+                    batch.events.push(*ev);
+                }
                 JournalCmd::Stats(reply) => {
                     commit(&mut journal, &mut batch, &live, counters, drops);
                     let _ = reply.send(journal.summary().map_err(|e| e.to_string()));
                 }
             }
-            if batch.len() < JOURNAL_BATCH_MAX {
+            if batch.events.len() < JOURNAL_BATCH_MAX {
                 next = rx.try_recv().ok();
             }
         }
@@ -715,16 +850,80 @@ fn journal_writer(
     commit(&mut journal, &mut batch, &live, counters, drops);
 }
 
+/// Where the last trigger (the event alerts point at) is.
+#[derive(Clone, Copy, Debug, Default)]
+enum Trigger {
+    #[default]
+    None,
+    /// Not committed yet: its index in the batch.
+    InBatch(usize),
+    Committed(u64),
+}
+
+/// Events waiting for one commit, and which of them are alerts on which trigger.
+#[derive(Debug, Default)]
+struct Batch {
+    events: Vec<Event>,
+    trigger: Trigger,
+    /// (index of an alert, its trigger).
+    links: Vec<(usize, Trigger)>,
+}
+
+impl Batch {
+    /// The event about to be pushed is an alert on the current trigger.
+    fn link_to_trigger(&mut self) {
+        self.links.push((self.events.len(), self.trigger));
+    }
+
+    /// Fill in `event.trigger_seq`: the journal gives a batch consecutive seqs from `first_seq`.
+    fn resolve(&mut self, first_seq: u64) {
+        for (i, t) in self.links.drain(..) {
+            let seq = match t {
+                Trigger::None => None,
+                Trigger::InBatch(j) => Some(first_seq + j as u64),
+                Trigger::Committed(s) => Some(s),
+            };
+            if let Some(ev) = self.events.get_mut(i) {
+                ev.event.trigger_seq = seq;
+            }
+        }
+    }
+
+    /// After a commit: a trigger in the batch now has its seq.
+    fn committed(&mut self, first_seq: u64, ok: bool) {
+        self.trigger = match self.trigger {
+            Trigger::InBatch(j) if ok => Trigger::Committed(first_seq + j as u64),
+            Trigger::InBatch(_) => Trigger::None,
+            t => t,
+        };
+        self.links.clear();
+    }
+}
+
 fn commit(
+    journal: &mut Journal,
+    pending: &mut Batch,
+    live: &mpsc::Sender<Event>,
+    counters: &JournalCounters,
+    drops: &Drops,
+) {
+    if pending.events.is_empty() {
+        return;
+    }
+    let first_seq = journal.last_seq() + 1;
+    pending.resolve(first_seq);
+    let ok = commit_events(journal, &mut pending.events, live, counters, drops);
+    pending.committed(first_seq, ok);
+}
+
+/// Append `batch` (emptied either way); false if it could not be written.
+fn commit_events(
     journal: &mut Journal,
     batch: &mut Vec<Event>,
     live: &mpsc::Sender<Event>,
     counters: &JournalCounters,
     drops: &Drops,
-) {
-    if batch.is_empty() {
-        return;
-    }
+) -> bool {
     // One retry: a transient failure (disk briefly full, a reader holding a lock) should not cost
     // events. What still fails is counted as dropped and shown in health and status.
     let mut result = journal.append(batch);
@@ -743,6 +942,7 @@ fn commit(
                     liveview::offer(live, ev);
                 }
             }
+            true
         }
         Err(e) => {
             let n = counters.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -751,6 +951,7 @@ fn commit(
             }
             drops.add("journal", "write_failed", u64::try_from(batch.len()).unwrap_or(u64::MAX));
             batch.clear();
+            false
         }
     }
 }
@@ -764,6 +965,7 @@ struct HealthCtx {
     sources: SourceStatus,
     source_depth: mpsc::WeakSender<Event>,
     uplink: Option<SharedStatus>,
+    detections: Detections,
     shutdown: Shutdown,
 }
 
@@ -811,6 +1013,7 @@ async fn health_loop(mut ctx: HealthCtx) -> Option<StatusFile> {
             .into(),
             drops: ctx.drops.snapshot(),
             sources: ctx.sources.snapshot(),
+            detections: ctx.detections.snapshot(),
             journal_bytes: stats.as_ref().map_or(0, |s| s.file_bytes),
             journal_events: stats.as_ref().map_or(0, |s| s.events),
             journal_last_seq: stats.as_ref().map_or(0, |s| s.last_seq),

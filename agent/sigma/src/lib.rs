@@ -47,7 +47,8 @@ pub enum Level {
 }
 
 impl Level {
-    pub const ALL: [Level; 5] = [Level::Informational, Level::Low, Level::Medium, Level::High, Level::Critical];
+    pub const ALL: [Level; 5] =
+        [Level::Informational, Level::Low, Level::Medium, Level::High, Level::Critical];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -189,7 +190,10 @@ pub struct SigmaSet {
 
 impl std::fmt::Debug for SigmaSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigmaSet").field("rules", &self.rules.len()).field("min_level", &self.min_level).finish()
+        f.debug_struct("SigmaSet")
+            .field("rules", &self.rules.len())
+            .field("min_level", &self.min_level)
+            .finish()
     }
 }
 
@@ -238,14 +242,17 @@ fn rule_name(r: &SigmaRule) -> String {
 pub fn load(files: &[PathBuf], min_level: Level) -> Result<(SigmaSet, Report), Vec<LoadError>> {
     let pipeline = pipeline();
     let mut engine = Engine::new_with_pipeline(pipeline.clone());
-    let mut rules = Vec::new();
+    let mut pending = Vec::new();
     let mut report = Report { files: files.len(), ..Report::default() };
     let mut errors = Vec::new();
     for file in files {
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) => {
-                errors.push(LoadError { file: file.display().to_string(), message: format!("cannot read: {e}") });
+                errors.push(LoadError {
+                    file: file.display().to_string(),
+                    message: format!("cannot read: {e}"),
+                });
                 continue;
             }
         };
@@ -259,25 +266,62 @@ pub fn load(files: &[PathBuf], min_level: Level) -> Result<(SigmaSet, Report), V
         for e in &collection.errors {
             errors.push(LoadError { file: file.display().to_string(), message: e.clone() });
         }
-        add_collection(file, collection, &pipeline, &mut engine, &mut rules, &mut report);
+        select(file, collection, &pipeline, &mut pending, &mut report);
     }
     if !errors.is_empty() {
         return Err(errors);
     }
+    // One batch: the engine builds its candidate index once (rules added one by one stay
+    // "pending" and are evaluated against every event).
+    let failed = engine.add_rules(pending.iter().map(|p: &Pending| &p.rule));
+    let mut failed: HashMap<usize, String> = failed.into_iter().map(|(i, e)| (i, e.to_string())).collect();
+    let mut rules = Vec::with_capacity(pending.len());
+    for (i, p) in pending.into_iter().enumerate() {
+        let name = rule_name(&p.rule);
+        if let Some(e) = failed.remove(&i) {
+            report.skipped.push(Skipped {
+                file: p.info.file.clone(),
+                rule: name,
+                reason: format!("does not compile: {e}"),
+            });
+            // Kept so the indices in the compiled rules stay right; it never matches.
+            rules.push(p.info);
+            continue;
+        }
+        if !p.missing.is_empty() {
+            report.partial.push(Partial { file: p.info.file.clone(), rule: name, fields: p.missing });
+        }
+        let cat = p.info.category.clone().unwrap_or_else(|| "(keywords, every kind)".into());
+        *report.loaded_by_category.entry(cat).or_insert(0) += 1;
+        rules.push(p.info);
+    }
     let mut logsources = HashMap::new();
     for c in CATEGORIES.iter().copied().map(Some).chain([None]) {
-        let ls = LogSource { product: Some("linux".into()), category: c.map(str::to_string), ..LogSource::default() };
+        let ls = LogSource {
+            product: Some("linux".into()),
+            category: c.map(str::to_string),
+            ..LogSource::default()
+        };
         logsources.insert(c, ls);
     }
     Ok((SigmaSet { engine, rules, min_level, stats: Stats::default(), logsources }, report))
 }
 
-fn add_collection(
+/// A rule that applies, waiting to be compiled with the others.
+struct Pending {
+    rule: SigmaRule,
+    info: RuleInfo,
+    /// Fields it tests (after mapping) that no picket event carries.
+    missing: Vec<String>,
+}
+
+/// The rules of one file that can apply to picket's events go to `pending`; the others are
+/// reported with the reason.
+fn select(
     file: &Path,
     collection: SigmaCollection,
     pipeline: &Pipeline,
-    engine: &mut Engine,
-    rules: &mut Vec<RuleInfo>,
+    pending: &mut Vec<Pending>,
     report: &mut Report,
 ) {
     let skip = |report: &mut Report, rule: String, reason: String| {
@@ -304,24 +348,13 @@ fn add_collection(
             category: rule.logsource.category.clone(),
             file: file.to_path_buf(),
         };
-        rule.custom_attributes.insert(INDEX_ATTR.into(), rules.len().to_string().into());
-        // Fields the rule tests after mapping, that no picket event carries.
+        rule.custom_attributes.insert(INDEX_ATTR.into(), pending.len().to_string().into());
         let one = SigmaCollection { rules: vec![rule.clone()], ..SigmaCollection::new() };
         let fields = RuleFieldSet::collect(&one, std::slice::from_ref(pipeline), false);
         let mut missing: Vec<String> =
             fields.names().filter(|f| !view::FIELDS.contains(f)).map(str::to_string).collect();
-        match engine.add_rule(&rule) {
-            Ok(()) => {
-                if !missing.is_empty() {
-                    missing.sort();
-                    report.partial.push(Partial { file: file.to_path_buf(), rule: rule_name(&rule), fields: missing });
-                }
-                let cat = info.category.clone().unwrap_or_else(|| "(keywords, every kind)".into());
-                *report.loaded_by_category.entry(cat).or_insert(0) += 1;
-                rules.push(info);
-            }
-            Err(e) => skip(report, rule_name(&rule), format!("does not compile: {e}")),
-        }
+        missing.sort();
+        pending.push(Pending { rule, info, missing });
     }
 }
 
@@ -428,6 +461,7 @@ pub fn alert_event(m: &Match<'_>, trigger: &Event) -> Event {
     ev.process = trigger.process.clone();
     ev.file = trigger.file.clone();
     ev.source = trigger.source.clone();
+    ev.network = trigger.network.clone();
     ev.destination = trigger.destination.clone();
     ev.user = trigger.user.clone();
     ev.dns = trigger.dns.clone();
@@ -437,7 +471,9 @@ pub fn alert_event(m: &Match<'_>, trigger: &Event) -> Event {
     }
     msg.push(')');
     if !m.fields.is_empty() {
-        let shown: Vec<String> = m.fields.iter().take(4).map(|(f, v)| format!("{f}={v:?}")).collect();
+        let mut shown: Vec<String> = m.fields.iter().map(|(f, v)| format!("{f}={v:?}")).collect();
+        shown.dedup();
+        shown.truncate(4);
         msg.push_str(&format!("; matched {}", shown.join(", ")));
     }
     ev.message = Some(msg);

@@ -47,6 +47,10 @@ pub const FIELDS: &[&str] = &[
     "source.port",
     "destination.ip",
     "destination.port",
+    "destination.domain",
+    "network.transport",
+    "network.type",
+    "network.direction",
     "dns.question.name",
     "dns.question.type",
     "dns.response_code",
@@ -110,11 +114,17 @@ impl<'a> SigmaView<'a> {
             "file.mode" => text(f.and_then(|f| f.mode.as_ref())),
             "file.uid" => int(f.and_then(|f| f.uid)),
             "file.gid" => int(f.and_then(|f| f.gid)),
-            "file.hash.sha256" => f.and_then(|f| f.hash.as_ref()).map(|h| EventValue::Str(Cow::Borrowed(h.sha256.as_str()))),
+            "file.hash.sha256" => {
+                f.and_then(|f| f.hash.as_ref()).map(|h| EventValue::Str(Cow::Borrowed(h.sha256.as_str())))
+            }
             "source.ip" => text(s.and_then(|s| s.ip.as_ref())),
             "source.port" => int(s.and_then(|s| s.port)),
             "destination.ip" => text(d.and_then(|d| d.ip.as_ref())),
             "destination.port" => int(d.and_then(|d| d.port)),
+            "destination.domain" => text(d.and_then(|d| d.domain.as_ref())),
+            "network.transport" => text(ev.network.as_ref().and_then(|n| n.transport.as_ref())),
+            "network.type" => text(ev.network.as_ref().and_then(|n| n.r#type.as_ref())),
+            "network.direction" => text(ev.network.as_ref().and_then(|n| n.direction.as_ref())),
             "dns.question.name" => dns.map(|d| EventValue::Str(Cow::Borrowed(d.question.name.as_str()))),
             "dns.question.type" => text(dns.and_then(|d| d.question.r#type.as_ref())),
             "dns.response_code" => text(dns.and_then(|d| d.response_code.as_ref())),
@@ -157,6 +167,7 @@ impl<'a> SigmaView<'a> {
         }
         opt(ev.source.as_ref().and_then(|s| s.ip.as_ref()));
         opt(ev.destination.as_ref().and_then(|d| d.ip.as_ref()));
+        opt(ev.destination.as_ref().and_then(|d| d.domain.as_ref()));
     }
 }
 

@@ -46,7 +46,11 @@ fn proc_start(exe: &str, argv: &[&str]) -> Event {
         args: Some(argv.iter().map(|s| s.to_string()).collect()),
         command_line: Some(argv.join(" ")),
         working_directory: Some("/tmp".into()),
-        parent: Some(ParentProcess { pid: Some(4242), executable: Some("/usr/bin/bash".into()), ..Default::default() }),
+        parent: Some(ParentProcess {
+            pid: Some(4242),
+            executable: Some("/usr/bin/bash".into()),
+            ..Default::default()
+        }),
         ..Default::default()
     });
     ev.user = Some(User { name: Some("root".into()), id: Some("0".into()) });
@@ -106,8 +110,12 @@ fn the_shipped_set_loads_whole() {
 fn a_file_that_is_not_sigma_is_an_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yml");
-    std::fs::write(&bad, "title: x\nlogsource: {product: linux}\ndetection: {sel: {a: 1}, condition: sel and\n").unwrap();
-    let errors = load(&[bad.clone()], Level::Medium).unwrap_err();
+    std::fs::write(
+        &bad,
+        "title: x\nlogsource: {product: linux}\ndetection: {sel: {a: 1}, condition: sel and\n",
+    )
+    .unwrap();
+    let errors = load(std::slice::from_ref(&bad), Level::Medium).unwrap_err();
     assert!(!errors.is_empty());
     assert!(errors[0].to_string().starts_with(&bad.display().to_string()), "{}", errors[0]);
 }
@@ -116,13 +124,21 @@ fn a_file_that_is_not_sigma_is_an_error_naming_the_file() {
 fn attack_events_fire_their_rules() {
     let (set, _) = load_dir(&corpus(), Level::Medium);
     let nc = proc_start("/usr/bin/nc", &["nc", "-e", "/bin/sh", "127.0.0.1", "9"]);
-    assert!(ids(&set, &nc).contains(&"7f734ed0-4f47-46c0-837f-6ee62505abd9".to_string()), "{:?}", ids(&set, &nc));
+    assert!(
+        ids(&set, &nc).contains(&"7f734ed0-4f47-46c0-837f-6ee62505abd9".to_string()),
+        "{:?}",
+        ids(&set, &nc)
+    );
 
     let tmp = proc_start("/tmp/.x/kworker", &["/tmp/.x/kworker"]);
     assert!(ids(&set, &tmp).contains(&"312b42b1-bded-4441-8b58-163a3af58775".to_string()));
 
     let b64 = proc_start("/usr/bin/sh", &["sh", "-c", "echo ZWNobyBoaQ== | base64 -d | sh"]);
-    assert!(ids(&set, &b64).contains(&"ba592c6d-6888-43c3-b8c6-689b8fe47337".to_string()), "{:?}", ids(&set, &b64));
+    assert!(
+        ids(&set, &b64).contains(&"ba592c6d-6888-43c3-b8c6-689b8fe47337".to_string()),
+        "{:?}",
+        ids(&set, &b64)
+    );
 
     let hist = proc_start("/usr/bin/rm", &["rm", "-f", "/home/x/.bash_history"]);
     assert!(ids(&set, &hist).contains(&"1182f3b3-e716-4efa-99ab-d2685d04360f".to_string()));
@@ -136,10 +152,16 @@ fn attack_events_fire_their_rules() {
     assert_eq!(hit.rule.author.as_deref(), Some("Nasreddine Bencherchali (Nextron Systems)"));
 
     // Benign commands fire nothing at medium or above.
-    for argv in [&["ls", "-l", "/var/log"][..], &["systemctl", "status", "ssh"][..], &["grep", "-r", "x", "/etc"][..]] {
+    for argv in
+        [&["ls", "-l", "/var/log"][..], &["systemctl", "status", "ssh"][..], &["grep", "-r", "x", "/etc"][..]]
+    {
         let ev = proc_start(&format!("/usr/bin/{}", argv[0]), argv);
         let high: Vec<_> = set.matches(&ev).into_iter().filter(|m| m.rule.level >= Level::Medium).collect();
-        assert!(high.is_empty(), "{argv:?} fired {:?}", high.iter().map(|m| &m.rule.title).collect::<Vec<_>>());
+        assert!(
+            high.is_empty(),
+            "{argv:?} fired {:?}",
+            high.iter().map(|m| &m.rule.title).collect::<Vec<_>>()
+        );
     }
 }
 
@@ -185,4 +207,27 @@ fn alerts_carry_the_rule_and_the_matched_event_and_low_levels_are_only_counted()
     assert!(set.stats().below_level.get("low").copied().unwrap_or(0) >= 1, "{:?}", set.stats());
     assert_eq!(set.stats().alerts.values().sum::<u64>(), out.len() as u64);
     assert_eq!(set.stats().evaluated, 1);
+}
+
+#[test]
+fn flows_route_to_network_connection_with_initiated_mapped_to_direction() {
+    use picket_event::{Endpoint, Network};
+    let (set, _) = load_dir(&corpus(), Level::Medium);
+    let flow = |direction: &str, ip: &str| {
+        let mut ev = Event::new(EventKind::NetFlow, Timestamp::from_unix_nanos(1));
+        ev.network = Some(Network {
+            direction: Some(direction.into()),
+            transport: Some("tcp".into()),
+            ..Default::default()
+        });
+        ev.destination = Some(Endpoint { ip: Some(ip.into()), port: Some(4444), ..Default::default() });
+        ev
+    };
+    let callback = "dbfc7c98-04ab-4ab7-aa94-c74d22aa7376".to_string();
+    assert!(ids(&set, &flow("outbound", "203.0.113.7")).contains(&callback));
+    assert!(
+        !ids(&set, &flow("inbound", "203.0.113.7")).contains(&callback),
+        "Initiated: 'true' is outbound only"
+    );
+    assert!(!ids(&set, &flow("outbound", "10.1.2.3")).contains(&callback), "private ranges are filtered");
 }

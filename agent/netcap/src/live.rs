@@ -1,0 +1,140 @@
+//! Live capture through libpcap (feature `pcap`), on a plain thread: packets are decoded as they
+//! come and the events go into the pipeline through the bounded [`EventTx`] (a full queue drops
+//! and counts, `network.queue_full`). Packets the kernel dropped are counted as
+//! `network.kernel_drop`, flows the table evicted as `network.flow_evicted`.
+
+use std::time::{Duration, Instant};
+
+use picket_capture::{CaptureError, EventTx, SendError, Shutdown, SourceStatus};
+use picket_event::Timestamp;
+
+use crate::{NetConfig, NetDecoder};
+
+/// Source name in `agent.health` and drop counters.
+pub const SOURCE: &str = "network";
+
+/// Live capture settings (`[sources.network]`).
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    /// Interface name; `any` captures on all (Linux cooked capture).
+    pub interface: String,
+    /// BPF filter, e.g. `not port 8883` (empty: everything).
+    pub filter: String,
+    /// Bytes kept of each packet: enough for headers and a DNS message.
+    pub snaplen: i32,
+    /// Kernel ring buffer in bytes.
+    pub buffer_size: i32,
+    pub decoder: NetConfig,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            interface: "any".into(),
+            filter: String::new(),
+            // A full Ethernet frame: DNS answers up to the usual EDNS size (1,232) are not cut.
+            snaplen: 1600,
+            buffer_size: 4 * 1024 * 1024,
+            decoder: NetConfig { module: "pcap", ..NetConfig::default() },
+        }
+    }
+}
+
+fn unavailable(message: String) -> CaptureError {
+    CaptureError::Unavailable { source_name: SOURCE, message }
+}
+
+/// Capture until shutdown. Blocks: run it on its own thread (`spawn_blocking`). When capture cannot
+/// start (no privileges, no such interface, a bad filter) the status says `unavailable: ...` and
+/// this returns `Ok`; an error while capturing returns `Err` (status `failed: ...`).
+pub fn run_blocking(
+    cfg: LiveConfig,
+    tx: EventTx,
+    status: SourceStatus,
+    shutdown: Shutdown,
+) -> Result<(), CaptureError> {
+    let cap = pcap::Capture::from_device(cfg.interface.as_str())
+        .and_then(|c| {
+            c.snaplen(cfg.snaplen).buffer_size(cfg.buffer_size).promisc(false).immediate_mode(true).open()
+        })
+        // Non-blocking, with our own poll: on Linux a blocking read never times out on a quiet
+        // link (TPACKET_V3 starts its timer at the first packet), and we must see shutdown and
+        // end idle flows.
+        .and_then(pcap::Capture::setnonblock)
+        .map_err(|e| unavailable(format!("opening {}: {e}", cfg.interface)));
+    // Like the other sources: what is missing (privileges, the interface) is said once in the
+    // status and the agent runs on without this source.
+    let mut cap = match cap {
+        Ok(c) => c,
+        Err(e) => {
+            status.set(SOURCE, format!("unavailable: {e}"));
+            return Ok(());
+        }
+    };
+    if !cfg.filter.is_empty()
+        && let Err(e) = cap.filter(&cfg.filter, true)
+    {
+        let e = unavailable(format!("filter {:?}: {e}", cfg.filter));
+        status.set(SOURCE, format!("unavailable: {e}"));
+        return Ok(());
+    }
+    let linktype = u32::try_from(cap.get_datalink().0).unwrap_or(u32::MAX);
+    status.set(SOURCE, "running");
+    let mut dec = NetDecoder::new(cfg.decoder);
+    let mut events = Vec::new();
+    let mut kernel_dropped = 0u32;
+    let mut evicted = 0u64;
+    let mut last_check = Instant::now();
+    loop {
+        if shutdown.is_triggered() {
+            break;
+        }
+        match cap.next_packet() {
+            Ok(pkt) => {
+                // timeval fields are i64 on 64-bit Linux, i32 on some 32-bit targets.
+                #[allow(clippy::useless_conversion)]
+                let ts =
+                    i64::from(pkt.header.ts.tv_sec) * 1_000_000_000 + i64::from(pkt.header.ts.tv_usec) * 1000;
+                dec.frame(ts, linktype, pkt.data, &mut events);
+            }
+            Err(pcap::Error::TimeoutExpired) => {
+                // Nothing waiting: sleep in poll until there is, at most 250 ms.
+                let mut fds = [rustix::event::PollFd::new(&cap, rustix::event::PollFlags::IN)];
+                let timeout = rustix::event::Timespec { tv_sec: 0, tv_nsec: 250_000_000 };
+                let _ = rustix::event::poll(&mut fds, Some(&timeout));
+            }
+            Err(e) => {
+                let e =
+                    CaptureError::Failed { source_name: SOURCE, message: format!("{}: {e}", cfg.interface) };
+                status.set(SOURCE, format!("failed: {e}"));
+                return Err(e);
+            }
+        }
+        for ev in events.drain(..) {
+            if tx.send(ev) == Err(SendError::Closed) {
+                return Ok(());
+            }
+        }
+        if last_check.elapsed() >= Duration::from_secs(1) {
+            last_check = Instant::now();
+            dec.tick(Timestamp::now().unix_nanos(), &mut events);
+            if let Ok(s) = cap.stats() {
+                let d = s.dropped.saturating_add(s.if_dropped);
+                if d > kernel_dropped {
+                    tx.count_drop("kernel_drop", u64::from(d - kernel_dropped));
+                    kernel_dropped = d;
+                }
+            }
+            let ev_now = dec.stats().flows_evicted;
+            if ev_now > evicted {
+                tx.count_drop("flow_evicted", ev_now - evicted);
+                evicted = ev_now;
+            }
+        }
+    }
+    dec.finish(&mut events);
+    for ev in events.drain(..) {
+        let _ = tx.send(ev);
+    }
+    Ok(())
+}
