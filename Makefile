@@ -2,7 +2,7 @@
 CARGO ?= cargo
 DATA  ?= ./picket-data
 
-.PHONY: run test deps fmt lint unit bench release clean deb rpm package-test
+.PHONY: run test deps fmt lint unit bench load release clean deb rpm package-test
 
 ## Build and run the agent on the embedded default config (unprivileged, data in ./picket-data,
 ## file events from ./picket-data/watch). Ctrl-C stops it cleanly.
@@ -30,6 +30,11 @@ unit:
 ## Criterion benchmarks (figures go to docs/BENCHMARKS.md by hand, with the command).
 bench:
 	$(CARGO) bench --workspace
+
+## The real agent (release build) under generated mixed load at 1,000 events/s, syncing to a local
+## mosquitto: events/s by kind, drops, CPU, RSS, journal growth, backlog drain (scripts/bench/load.py).
+load: release deps
+	python3 ./scripts/bench/load.py --picket $${CARGO_TARGET_DIR:-target}/release/picket $(LOAD_ARGS)
 
 ## deb and rpm packages (cargo-deb / cargo-generate-rpm, installed on first use); see packaging/README.md.
 deb:

@@ -17,7 +17,7 @@
 #   libpcap-dev, tcpdump, tshark, live capture (pcap crate) and the network tests: pcaps made between test
 #   dnsmasq, bind9-dnsutils,      namespaces by curl/python3 http.server, dig against dnsmasq and nmap,
 #   nmap, curl, python3,          checked against tshark (and ping for ICMP flows);
-#   iputils-ping                  tshark is also the peer in docs/bench-net.md
+#   iputils-ping                  tshark is also the peer in docs/BENCHMARKS.md
 set -euo pipefail
 
 PACKAGES=(gcc libc6-dev pkg-config procps iproute2 openssl mosquitto nftables openssh-server rsyslog sshpass

@@ -1,6 +1,6 @@
 //! Decode rate: a synthetic capture (`support/synth.rs`: interleaved TCP connections, DNS, ICMP) from
 //! memory into `net.flow` / `net.dns` events. The side-by-side figure against tshark on the same
-//! file comes from `agent/netcap/bench/replay-vs-tshark.sh` (docs/bench-net.md).
+//! file comes from `agent/netcap/bench/replay-vs-tshark.sh` (docs/BENCHMARKS.md, network).
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use picket_netcap::{NetConfig, NetDecoder, decode, pcapfile::PcapReader};

@@ -80,7 +80,15 @@ pub fn run_blocking(
     }
     let linktype = u32::try_from(cap.get_datalink().0).unwrap_or(u32::MAX);
     status.set(SOURCE, "running");
-    let mut dec = NetDecoder::new(cfg.decoder);
+    let mut decoder = cfg.decoder;
+    if decoder.local_addrs.is_empty() {
+        // This host's addresses, so flows get `network.direction` (Sigma's `Initiated`). Read
+        // once at start: an address added later counts as remote until the next start.
+        decoder.local_addrs = pcap::Device::list()
+            .map(|devs| devs.iter().flat_map(|d| d.addresses.iter().map(|a| a.addr)).collect())
+            .unwrap_or_default();
+    }
+    let mut dec = NetDecoder::new(decoder);
     let mut events = Vec::new();
     let mut kernel_dropped = 0u32;
     let mut evicted = 0u64;

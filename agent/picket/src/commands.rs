@@ -19,8 +19,6 @@ use crate::health::{self, StatusFile};
 
 /// Exit code for invalid input (config, policy): every error printed, nothing started.
 const EXIT_INVALID: u8 = 2;
-/// Exit code for a command whose capability is not in this build yet (sysexits EX_UNAVAILABLE).
-const EXIT_UNAVAILABLE: u8 = 69;
 
 pub fn config_check(file: &Path) -> ExitCode {
     match config::load_file(file) {
@@ -36,43 +34,19 @@ pub fn config_check(file: &Path) -> ExitCode {
     }
 }
 
-#[allow(dead_code)] // unused while every command is in the build; kept for the next one that is not
-pub fn not_yet(command: &str, capability: &str) -> ExitCode {
-    eprintln!("picket {command}: {capability} is not in this build of picket yet; nothing was done.");
-    ExitCode::from(EXIT_UNAVAILABLE)
-}
-
 /// `picket replay --format pcap`: a pcap or pcapng file (or `-`) decoded by picket-netcap into
-/// `net.flow` and `net.dns` events, in capture order, through the real policy engine (picket
-/// policies; Sigma rules look at process events and see none here). Pure Rust: works in builds
+/// `net.flow` and `net.dns` events, in capture order, through the real policy engine and the
+/// Sigma rules (`network_connection`, `dns_query`), as `replay --format events` does. Pure Rust: works in builds
 /// without libpcap. Never touches the host. A summary of what was decoded goes to stderr.
 pub fn replay_pcap(input: &str, policies: Option<&Path>, emit: &str) -> anyhow::Result<ExitCode> {
     use std::io::Read;
-    use std::sync::Arc;
 
     use picket_netcap::{NetConfig, ReplayError};
-    use picket_policy::{Engine, StateLimits};
-
     let emit = crate::policy::Emit::parse(emit)?;
-    let loaded = match policies {
-        Some(d) => picket_policy::load_paths(&[d.to_path_buf()]).map_err(|e| e.to_string()),
-        None => crate::policy::load_for_agent(&config::default_settings().policies.paths).map(
-            |(set, warnings)| {
-                for w in warnings {
-                    eprintln!("picket replay: {w} (use --policies DIR)");
-                }
-                set
-            },
-        ),
+    let mut rules = match crate::policy::replay_rules(policies) {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
     };
-    let set = match loaded {
-        Ok(s) => s,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return Ok(ExitCode::from(EXIT_INVALID));
-        }
-    };
-    let mut engine = Engine::new(Arc::new(set), StateLimits::default());
     let reader: Box<dyn Read> = if input == "-" {
         Box::new(io::stdin().lock())
     } else {
@@ -80,33 +54,11 @@ pub fn replay_pcap(input: &str, policies: Option<&Path>, emit: &str) -> anyhow::
     };
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    let mut decisions = Vec::new();
     let mut n = 0u64;
-    // Keep the kind of an I/O error inside serde_json's (a closed stdout is a BrokenPipe).
-    let json_err =
-        |e: serde_json::Error| e.io_error_kind().map_or_else(|| io::Error::other(e), io::Error::from);
     let result =
         picket_netcap::replay(io::BufReader::with_capacity(256 * 1024, reader), NetConfig::default(), |ev| {
             n += 1;
-            engine.evaluate(ev, &mut decisions);
-            if emit.events {
-                serde_json::to_writer(&mut out, ev).map_err(json_err)?;
-                out.write_all(b"\n")?;
-            }
-            if emit.decisions {
-                for d in &decisions {
-                    let mut v = serde_json::to_value(d).map_err(io::Error::other)?;
-                    if let Some(o) = v.as_object_mut() {
-                        o.insert("kind".into(), "decision".into());
-                        // The n-th event of the replay (1-based), as trigger_line is for text input.
-                        o.insert("trigger_event".into(), n.into());
-                    }
-                    serde_json::to_writer(&mut out, &v).map_err(json_err)?;
-                    out.write_all(b"\n")?;
-                }
-            }
-            decisions.clear();
-            Ok(())
+            crate::policy::emit_one(&mut out, &mut rules, ev, crate::policy::Origin::Event(n), emit)
         });
     match result {
         Ok(r) => {

@@ -149,6 +149,10 @@ struct AuthSourceConfig {
 struct NetworkSourceConfig {
     enabled: bool,
     interface: String,
+    filter: String,
+    snaplen: i128,
+    buffer_bytes: i128,
+    max_flows: i128,
 }
 
 #[derive(Debug, Deserialize)]
@@ -349,6 +353,14 @@ pub struct NetworkSourceSettings {
     pub enabled: bool,
     /// An interface name, or `any`.
     pub interface: String,
+    /// BPF filter (tcpdump syntax); empty: everything. Checked by libpcap when the source opens.
+    pub filter: String,
+    /// Bytes kept of each packet.
+    pub snaplen: u32,
+    /// The kernel capture buffer, bytes.
+    pub buffer_bytes: u32,
+    /// Flows tracked at once; past it the least recently seen are ended early (counted).
+    pub max_flows: u32,
 }
 
 /// `[containment]`
@@ -997,6 +1009,18 @@ impl Check<'_, '_> {
             );
         }
 
+        let snaplen = self.int_in("sources.network.snaplen", sources.network.snaplen, 68, 65_535);
+        let buffer_bytes =
+            self.int_in("sources.network.buffer_bytes", sources.network.buffer_bytes, 65_536, 1 << 30);
+        let max_flows = self.int_in("sources.network.max_flows", sources.network.max_flows, 64, 1 << 22);
+        if sources.network.filter.chars().any(char::is_control) {
+            self.error(
+                "sources.network.filter",
+                None,
+                "control characters are not allowed in a BPF filter".into(),
+            );
+        }
+
         let mut cidrs = Vec::with_capacity(containment.protected_cidrs.len());
         for (i, text) in containment.protected_cidrs.iter().enumerate() {
             match text.parse::<Cidr>() {
@@ -1119,6 +1143,10 @@ impl Check<'_, '_> {
                 network: NetworkSourceSettings {
                     enabled: sources.network.enabled,
                     interface: interface.clone(),
+                    filter: sources.network.filter.clone(),
+                    snaplen: u32::try_from(snaplen?).unwrap_or(u32::MAX),
+                    buffer_bytes: u32::try_from(buffer_bytes?).unwrap_or(u32::MAX),
+                    max_flows: u32::try_from(max_flows?).unwrap_or(u32::MAX),
                 },
             },
             containment: ContainmentSettings {

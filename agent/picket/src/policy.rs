@@ -118,7 +118,7 @@ impl Emit {
 }
 
 /// The rules replay runs: picket's policies and the Sigma rules among the same paths.
-struct Replay {
+pub(crate) struct Replay {
     engine: Engine,
     sigma: Sigma,
     decisions: Vec<Decision>,
@@ -127,7 +127,7 @@ struct Replay {
 
 /// The rules for replay: `--policies DIR`, else the config's `policies.paths` (embedded
 /// default: `policies`).
-fn replay_rules(dir: Option<&Path>) -> Result<Replay, ExitCode> {
+pub(crate) fn replay_rules(dir: Option<&Path>) -> Result<Replay, ExitCode> {
     let defaults = config::default_settings();
     let paths = match dir {
         Some(d) => vec![d.to_path_buf()],
@@ -156,10 +156,24 @@ fn replay_rules(dir: Option<&Path>) -> Result<Replay, ExitCode> {
     })
 }
 
+/// Where a replayed event came from, named in its decisions: `trigger_line` (the input line of a
+/// text format) or `trigger_event` (the n-th event decoded from a capture, from 1).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Origin {
+    Line(usize),
+    Event(u64),
+}
+
 /// One event through the rules, printed per `emit`: with `events`, the event and then each Sigma
 /// alert it raised; with `decisions`, each policy decision (on the event, then on its Sigma
-/// alerts). `line` is the input line it came from.
-fn emit_one(out: &mut impl Write, r: &mut Replay, ev: &Event, line: usize, emit: Emit) -> io::Result<()> {
+/// alerts).
+pub(crate) fn emit_one(
+    out: &mut impl Write,
+    r: &mut Replay,
+    ev: &Event,
+    line: Origin,
+    emit: Emit,
+) -> io::Result<()> {
     r.engine.evaluate(ev, &mut r.decisions);
     r.sigma.detect(ev, &mut r.alerts);
     if emit.events {
@@ -182,7 +196,7 @@ fn write_decisions(
     out: &mut impl Write,
     decisions: &mut Vec<Decision>,
     trigger: &Event,
-    line: usize,
+    line: Origin,
     emit: Emit,
 ) -> io::Result<()> {
     if emit.decisions {
@@ -198,7 +212,10 @@ fn write_decisions(
                 {
                     o.insert("trigger_rule".into(), rule.id.clone().into());
                 }
-                o.insert("trigger_line".into(), line.into());
+                match line {
+                    Origin::Line(n) => o.insert("trigger_line".into(), n.into()),
+                    Origin::Event(n) => o.insert("trigger_event".into(), n.into()),
+                };
             }
             serde_json::to_writer(&mut *out, &v)?;
             out.write_all(b"\n")?;
@@ -226,7 +243,7 @@ pub fn replay_events(input: &str, policies: Option<&Path>, emit: &str) -> anyhow
             continue;
         }
         match serde_json::from_slice::<Event>(&line) {
-            Ok(ev) => match emit_one(&mut out, &mut rules, &ev, i + 1, emit) {
+            Ok(ev) => match emit_one(&mut out, &mut rules, &ev, Origin::Line(i + 1), emit) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
                 Err(e) => return Err(e.into()),
@@ -314,7 +331,7 @@ pub fn replay_auth_log(input: &str, policies: Option<&Path>, emit: &str) -> anyh
         match parse_line(&line, year) {
             ParseOutcome::Event(ev) => {
                 events += 1;
-                match emit_one(&mut out, &mut rules, &ev, i + 1, emit) {
+                match emit_one(&mut out, &mut rules, &ev, Origin::Line(i + 1), emit) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
                     Err(e) => return Err(e.into()),

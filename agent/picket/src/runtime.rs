@@ -504,7 +504,15 @@ fn spawn_network(
     shutdown: &Shutdown,
 ) {
     use picket_netcap::live::{self, LiveConfig};
-    let cfg = LiveConfig { interface: settings.sources.network.interface.clone(), ..LiveConfig::default() };
+    let n = &settings.sources.network;
+    let mut cfg = LiveConfig {
+        interface: n.interface.clone(),
+        filter: n.filter.clone(),
+        snaplen: i32::try_from(n.snaplen).unwrap_or(i32::MAX),
+        buffer_size: i32::try_from(n.buffer_bytes).unwrap_or(i32::MAX),
+        ..LiveConfig::default()
+    };
+    cfg.decoder.flows.max_flows = n.max_flows as usize;
     let out = EventTx::new(live::SOURCE, tx.clone(), drops.clone());
     let (st, sd) = (status.clone(), shutdown.clone());
     let run = async move {

@@ -196,9 +196,7 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<PolicySet, PolicyErrors> {
 /// Whether a YAML text is a Sigma rule rather than a picket policy: it has the top-level keys
 /// `logsource` and `detection` (a picket policy can have neither: unknown keys are errors).
 pub fn is_sigma_text(text: &str) -> bool {
-    let top = |key: &str| {
-        text.lines().any(|l| l.strip_prefix(key).is_some_and(|rest| rest.starts_with(':')))
-    };
+    let top = |key: &str| text.lines().any(|l| l.strip_prefix(key).is_some_and(|rest| rest.starts_with(':')));
     top("logsource") && top("detection")
 }
 

@@ -41,6 +41,7 @@ pub fn alert_event(d: &Decision, trigger: &Event) -> Event {
     });
     ev.source = trigger.source.clone();
     ev.destination = trigger.destination.clone();
+    ev.network = trigger.network.clone();
     ev.user = trigger.user.clone();
     ev.process = trigger.process.clone();
     ev.file = trigger.file.clone();
