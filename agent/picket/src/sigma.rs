@@ -112,10 +112,10 @@ impl Sigma {
     /// Counters for `agent.health`: `sigma.evaluated`, `sigma.alerts.<level>`,
     /// `sigma.below_level.<level>`.
     pub fn counters(&self) -> BTreeMap<String, u64> {
-        let mut m = BTreeMap::new();
         #[cfg(feature = "sigma")]
         if let Some(set) = &self.set {
             let st = set.stats();
+            let mut m = BTreeMap::new();
             m.insert("sigma.evaluated".to_string(), st.evaluated);
             for (l, n) in &st.alerts {
                 m.insert(format!("sigma.alerts.{l}"), *n);
@@ -123,7 +123,8 @@ impl Sigma {
             for (l, n) in &st.below_level {
                 m.insert(format!("sigma.below_level.{l}"), *n);
             }
+            return m;
         }
-        m
+        BTreeMap::new()
     }
 }

@@ -667,14 +667,19 @@ fn tmp_dir_under_slash_tmp(tag: &str) -> tempfile::TempDir {
     tempfile::Builder::new().prefix(&format!("picket-{tag}-")).tempdir_in("/tmp").unwrap()
 }
 
-/// The `alert` whose `rule.id` is `id`, and the event its `event.trigger_seq` names.
-fn sigma_alert<'a>(
-    events: &'a [serde_json::Value],
+/// An `alert` whose `rule.id` is `id` and whose trigger (the event its `event.trigger_seq` names)
+/// has `needle` in its command line. Other processes may fire the same rule: run from a clone
+/// under /tmp, the test's own `picket journal export` is "execution from /tmp".
+fn sigma_alert(
+    events: &[serde_json::Value],
     id: &str,
-) -> Option<(&'a serde_json::Value, &'a serde_json::Value)> {
-    let alert = events.iter().find(|e| e["kind"] == "alert" && e["rule"]["id"] == id)?;
-    let trigger = events.iter().find(|e| e["seq"] == alert["event"]["trigger_seq"])?;
-    Some((alert, trigger))
+    needle: &str,
+) -> Option<(serde_json::Value, serde_json::Value)> {
+    events.iter().filter(|e| e["kind"] == "alert" && e["rule"]["id"] == id).find_map(|alert| {
+        let trigger = events.iter().find(|e| e["seq"] == alert["event"]["trigger_seq"])?;
+        let cmd = trigger["process"]["command_line"].as_str()?;
+        cmd.contains(needle).then(|| (alert.clone(), trigger.clone()))
+    })
 }
 
 #[test]
@@ -714,12 +719,17 @@ fn shipped_sigma_rules_fire_on_real_commands_run_under_the_agent() {
         ("1182f3b3-e716-4efa-99ab-d2685d04360f", format!("{w}/.bash_history")), // History File Deletion
     ];
     for (id, needle) in &expected {
-        let events = agent.wait_journal(|e| e["kind"] == "alert" && e["rule"]["id"] == *id);
-        let (alert, trigger) =
-            sigma_alert(&events, id).unwrap_or_else(|| panic!("{id}: no trigger for the alert"));
+        let deadline = Instant::now() + WAIT;
+        let (alert, trigger) = loop {
+            let events = agent.export();
+            if let Some(found) = sigma_alert(&events, id, needle) {
+                break found;
+            }
+            assert!(Instant::now() < deadline, "{id}: no alert on a command with {needle:?}:\n{events:#?}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let (alert, trigger) = (&alert, &trigger);
         assert_eq!(trigger["kind"], "process.start", "{alert}");
-        let cmd = trigger["process"]["command_line"].as_str().unwrap();
-        assert!(cmd.contains(needle.as_str()), "{id} fired on {cmd:?}");
         assert_eq!(alert["rule"]["ruleset"], "sigma");
         assert!(alert["rule"]["author"].as_str().is_some_and(|a| !a.is_empty()), "{alert}");
         assert!(alert["rule"]["level"].is_string() && alert["rule"]["tags"].is_array(), "{alert}");
