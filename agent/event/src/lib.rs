@@ -311,6 +311,22 @@ impl Event {
         }
     }
 
+    /// An `alert` at the trigger's time, on the trigger's host, about what the trigger is about:
+    /// its `process`, `file`, `source`, `destination`, `network`, `user` and `dns` are copied, so
+    /// the alert stands on its own and policies and actions can read their targets from it.
+    pub fn alert_on(trigger: &Event) -> Event {
+        let mut ev = Event::new(EventKind::Alert, trigger.timestamp);
+        ev.host = trigger.host.clone();
+        ev.process = trigger.process.clone();
+        ev.file = trigger.file.clone();
+        ev.source = trigger.source.clone();
+        ev.destination = trigger.destination.clone();
+        ev.network = trigger.network.clone();
+        ev.user = trigger.user.clone();
+        ev.dns = trigger.dns.clone();
+        ev
+    }
+
     /// JSON Schema for [`Event`], as committed at `docs/schema/event.schema.json`.
     pub fn json_schema() -> serde_json::Value {
         serde_json::to_value(schemars::schema_for!(Event)).expect("schema serializes")

@@ -26,11 +26,10 @@ pub fn fields_of(kind: EventKind) -> Vec<&'static str> {
 }
 
 /// The `alert` event the runtime journals for a decision: kind `alert`, the rule's id, name and
-/// description in `rule.*`, the decision's severity, the trigger's time, host and key objects
-/// (`source`, `destination`, `user`, `process`, `file`, `dns`) copied, and a one-line message.
+/// description in `rule.*`, the decision's severity, the trigger's time, host and subject
+/// ([`Event::alert_on`]), and a one-line message.
 pub fn alert_event(d: &Decision, trigger: &Event) -> Event {
-    let mut ev = Event::new(EventKind::Alert, trigger.timestamp);
-    ev.host = trigger.host.clone();
+    let mut ev = Event::alert_on(trigger);
     ev.event.severity = d.severity;
     ev.event.dataset = Some("picket.policy".into());
     ev.rule = Some(picket_event::Rule {
@@ -39,13 +38,6 @@ pub fn alert_event(d: &Decision, trigger: &Event) -> Event {
         description: Some(d.rule.description.clone()),
         ..Default::default()
     });
-    ev.source = trigger.source.clone();
-    ev.destination = trigger.destination.clone();
-    ev.network = trigger.network.clone();
-    ev.user = trigger.user.clone();
-    ev.process = trigger.process.clone();
-    ev.file = trigger.file.clone();
-    ev.dns = trigger.dns.clone();
     let mut msg = format!("{}: {}", d.rule.name, d.rule.description);
     match (d.count, &d.group) {
         (Some(c), Some(g)) => msg.push_str(&format!(" ({c} events, {g})")),

@@ -443,8 +443,7 @@ impl SigmaSet {
 /// agent's journal writer fills it in otherwise.
 pub fn alert_event(m: &Match<'_>, trigger: &Event) -> Event {
     let r = m.rule;
-    let mut ev = Event::new(EventKind::Alert, trigger.timestamp);
-    ev.host = trigger.host.clone();
+    let mut ev = Event::alert_on(trigger);
     ev.event.severity = r.level.severity();
     ev.event.dataset = Some("picket.sigma".into());
     ev.event.module = Some("sigma".into());
@@ -458,13 +457,6 @@ pub fn alert_event(m: &Match<'_>, trigger: &Event) -> Event {
         author: r.author.clone(),
         tags: (!r.tags.is_empty()).then(|| r.tags.clone()),
     });
-    ev.process = trigger.process.clone();
-    ev.file = trigger.file.clone();
-    ev.source = trigger.source.clone();
-    ev.network = trigger.network.clone();
-    ev.destination = trigger.destination.clone();
-    ev.user = trigger.user.clone();
-    ev.dns = trigger.dns.clone();
     let mut msg = format!("Sigma {}: {} ({}", r.level.as_str(), r.title, trigger.kind.as_str());
     if let Some(a) = &r.author {
         msg.push_str(&format!("; rule by {a}"));
