@@ -2,7 +2,7 @@
 CARGO ?= cargo
 DATA  ?= ./picket-data
 
-.PHONY: run test deps fmt lint unit bench load release clean deb rpm package-test
+.PHONY: run test deps fmt lint unit bench load release clean deb rpm package-test cross cross-test
 
 ## Build and run the agent on the embedded default config (unprivileged, data in ./picket-data,
 ## file events from ./picket-data/watch). Ctrl-C stops it cleanly.
@@ -12,8 +12,9 @@ run:
 	@echo "picket: write files into $(DATA)/watch to see events; Ctrl-C to stop"
 	./target/debug/picket run
 
-## Install missing system packages, then formatting, lints and every test.
-test: deps fmt lint unit package-test
+## Install missing system packages, then formatting, lints, every test, the packages and the
+## aarch64/armv7 cross builds under qemu (a target that cannot be installed is a loud SKIP).
+test: deps fmt lint unit package-test cross-test
 
 deps:
 	./scripts/test-deps.sh
@@ -46,6 +47,16 @@ rpm:
 ## Build both packages and check them without installing anything on this machine.
 package-test:
 	./scripts/package-test.sh
+
+## Edge builds for aarch64/armv7, musl (static) and gnu, profile `edge`, no Sigma, no libpcap;
+## a target rustup cannot install is skipped loudly (cross/README.md).
+cross:
+	./cross/build.sh
+
+## The aarch64 edge build under qemu-user: --version, replay, signed publish to a TLS mosquitto
+## verified by the host collector; armv7 --version.
+cross-test:
+	./cross/smoke.sh
 
 release:
 	$(CARGO) build --release -p picket

@@ -2,7 +2,11 @@
 # Build picket's packages from the release binary:
 #   packaging/build.sh deb   ->  $CARGO_TARGET_DIR/debian/picket_<ver>_amd64.deb        (cargo-deb)
 #   packaging/build.sh rpm   ->  $CARGO_TARGET_DIR/generate-rpm/picket-<ver>.x86_64.rpm (cargo-generate-rpm)
-# Builds the release binary first (a no-op when it is up to date). cargo-deb and
+# ARCH=arm64 (`make deb ARCH=arm64`) builds picket_<ver>_arm64.deb / picket-<ver>.aarch64.rpm from
+# the static aarch64-unknown-linux-musl cross build (cross/README.md): Sigma in, no libpcap (no
+# live network capture; there is no musl libpcap). amd64 is the full build (Sigma, libpcap).
+# Builds the release binary first through cross/build.sh (a no-op when it is up to date; the same
+# size flags as the edge builds) into $CARGO_TARGET_DIR/<triple>/release/. cargo-deb and
 # cargo-generate-rpm are installed with `cargo install --locked` into $CARGO_TOOLS_ROOT
 # (default: $CARGO_HOME, i.e. where `cargo install` puts tools) when missing; 1-3 minutes each, once.
 # Prints the path of the package it built on the last line of stdout.
@@ -16,6 +20,12 @@ export CARGO_TARGET_DIR="$target_dir"
 tools="${CARGO_TOOLS_ROOT:-${CARGO_HOME:-$HOME/.cargo}}"
 export PATH="$tools/bin:$PATH"
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
+arch="${ARCH:-amd64}"
+case "$arch" in
+  amd64) triple=x86_64-unknown-linux-gnu rpm_arch=x86_64 features="" ;;
+  arm64) triple=aarch64-unknown-linux-musl rpm_arch=aarch64 features="--no-default-features --features sigma" ;;
+  *) echo "packaging: ARCH=$arch: only amd64 and arm64" >&2; exit 2 ;;
+esac
 
 need_tool() { # cargo subcommand binary, crate
   if ! command -v "$1" >/dev/null; then
@@ -25,30 +35,34 @@ need_tool() { # cargo subcommand binary, crate
 }
 
 build_binary() {
-  "$CARGO" build --release --locked -p picket >&2
-  # The man page, gzipped reproducibly beside the binary ("target/release/..." in the metadata).
-  gzip -9nc packaging/man/picket.8 > "$target_dir/release/picket.8.gz"
+  local out
+  out="$(PROFILE=release FEATURES="$features" ./cross/build.sh "$triple")"
+  grep -q "^size $triple " <<<"$out" || { echo "packaging: no $triple build (see above)" >&2; exit 1; }
+  # The man page, gzipped reproducibly beside the binary ("target/release/..." in the metadata,
+  # which both tools read as target/<triple>/release/... with --target).
+  gzip -9nc packaging/man/picket.8 > "$target_dir/$triple/release/picket.8.gz"
 }
 
 case "${1:-}" in
   deb)
     need_tool cargo-deb cargo-deb
     build_binary
-    out="$target_dir/debian/picket_${version}_amd64.deb"
+    out="$target_dir/debian/picket_${version}_${arch}.deb"
     mkdir -p "$target_dir/debian"
-    "$CARGO" deb -p picket --no-build --no-strip --output "$out" >&2   # the release profile strips
+    # the release profile strips
+    "$CARGO" deb -p picket --no-build --no-strip --target "$triple" --output "$out" >&2
     echo "$out"
     ;;
   rpm)
     need_tool cargo-generate-rpm cargo-generate-rpm
     build_binary
-    out="$target_dir/generate-rpm/picket-${version}.x86_64.rpm"
+    out="$target_dir/generate-rpm/picket-${version}.${rpm_arch}.rpm"
     mkdir -p "$target_dir/generate-rpm"
-    "$CARGO" generate-rpm -p agent/picket --target-dir "$target_dir" -o "$out" >&2
+    "$CARGO" generate-rpm -p agent/picket --target "$triple" --target-dir "$target_dir" -o "$out" >&2
     echo "$out"
     ;;
   *)
-    echo "usage: $0 deb|rpm" >&2
+    echo "usage: [ARCH=amd64|arm64] $0 deb|rpm" >&2
     exit 2
     ;;
 esac

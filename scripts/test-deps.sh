@@ -12,17 +12,26 @@
 #   openssh-server, rsyslog,      the real sshd + syslog + brute-force lab (inside namespaces)
 #   sshpass
 #   fail2ban, sshguard            peers measured side by side in the benchmarks
+#   systemd, systemd-journal-remote  journalctl, and real journal files for the auth source's journal
+#                                 input tests (journal-remote writes them; systemd need not be PID 1)
 #   passwd, login                 useradd/usermod for lock_account tests (a user the test adds)
 #   time                          GNU time for scripts/bench/auth-replay.sh
 #   libpcap-dev, tcpdump, tshark, live capture (pcap crate) and the network tests: pcaps made between test
 #   dnsmasq, bind9-dnsutils,      namespaces by curl/python3 http.server, dig against dnsmasq and nmap,
 #   nmap, curl, python3,          checked against tshark (and ping for ICMP flows);
 #   iputils-ping                  tshark is also the peer in docs/BENCHMARKS.md
+#   iperf3                        the UDP packet generator of agent/netcap/bench/live-drop.sh
+#   gcc-aarch64-linux-gnu,        cross/: C parts (SQLite, ring) and link of the aarch64/armv7 builds
+#   gcc-arm-linux-gnueabihf,      (host-architecture packages only: no dpkg --add-architecture), and
+#   libc6-dev-*-cross,            qemu-aarch64-static/qemu-arm-static for `make cross-test`
+#   qemu-user-static
 set -euo pipefail
 
 PACKAGES=(gcc libc6-dev pkg-config procps iproute2 openssl mosquitto nftables openssh-server rsyslog sshpass
-  fail2ban sshguard passwd login time
-  libpcap-dev tcpdump tshark dnsmasq bind9-dnsutils nmap curl python3 iputils-ping)
+  fail2ban sshguard systemd systemd-journal-remote passwd login time
+  libpcap-dev tcpdump tshark dnsmasq bind9-dnsutils nmap curl python3 iputils-ping
+  iperf3
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross qemu-user-static)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

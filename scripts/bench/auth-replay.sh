@@ -6,10 +6,11 @@
 #
 # FILE defaults to $BENCH_DIR/auth-1m.log (BENCH_DIR default /tmp/picket-bench), generated with
 # scripts/bench/gen-auth-log.py (1,000,000 lines, RSYSLOG_FileFormat, seed 1) when missing.
-# Each command runs RUNS times (default 3); the best wall time and the best CPU time (user+sys) are
-# reported with lines/s for each. On a busy machine CPU time is the steadier figure.
+# The commands run in RUNS rounds (default 5), one after the other in each round, so a change in
+# the machine's load hits all of them alike; for each the median and best wall time and CPU time
+# (user+sys) are reported with lines/s. On a busy machine CPU time is the steadier figure.
 #
-#   picket (events,decisions)  picket replay --format auth-log --policies policies FILE > /dev/null
+#   picket (events,decisions)  picket replay --format auth-log --policies POLICIES FILE > /dev/null
 #                              every line parsed, every event through the policy engine, every
 #                              event and decision printed as NDJSON (the default --emit)
 #   picket (decisions)         the same with --emit decisions: parse + decide, only decisions printed
@@ -20,12 +21,15 @@
 #                              F2B_LINES=N runs it on the first N lines only (it is ~50x slower)
 #
 # PICKET: the binary (default $CARGO_TARGET_DIR/release/picket, else target/release/picket; build
-# it with `cargo build --release -p picket`). Needs GNU time (/usr/bin/time).
+# it with `cargo build --release -p picket`). PICKET_BEFORE: a second picket binary (e.g. built
+# from the previous commit) measured in the same rounds as "before". POLICIES: the policy directory
+# (default the repository's policies/). Needs GNU time (/usr/bin/time).
 set -euo pipefail
 
 HERE=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 REPO=$(readlink -f "$HERE/../..")
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-5}
+POLICIES=${POLICIES:-$REPO/policies}
 BENCH_DIR=${BENCH_DIR:-/tmp/picket-bench}
 FILE=${1:-$BENCH_DIR/auth-1m.log}
 
@@ -47,29 +51,29 @@ LINES=$(wc -l <"$FILE")
 echo "file: $FILE ($LINES lines, $(du -h "$FILE" | cut -f1)); runs: $RUNS; $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "picket: $PICKET"
 
-# bench NAME LINES CMD... (stdin/stdout of CMD as given by the caller through sh -c)
-bench() {
-  local name=$1 lines=$2 cmd=$3 i t best_wall="" best_cpu="" wall cpu
-  for ((i = 1; i <= RUNS; i++)); do
-    /usr/bin/time -o "$TIMES" -f '%e %U %S' sh -c "$cmd" 2>/dev/null
-    t=$(tail -n1 "$TIMES")
-    wall=$(echo "$t" | awk '{ print $1 }')
-    cpu=$(echo "$t" | awk '{ printf "%.2f", $2 + $3 }')
-    best_wall=$(awk -v a="$wall" -v b="${best_wall:-1e99}" 'BEGIN { print (a < b) ? a : b }')
-    best_cpu=$(awk -v a="$cpu" -v b="${best_cpu:-1e99}" 'BEGIN { print (a < b) ? a : b }')
-  done
-  awk -v n="$name" -v l="$lines" -v w="$best_wall" -v c="$best_cpu" 'BEGIN {
-    printf "%-28s %9d lines  best wall %7.2f s = %9.0f lines/s   best cpu %7.2f s = %9.0f lines/s\n",
-      n, l, w, l / w, c, l / c }'
-}
+# Commands: NAME, LINES, CMD (run through sh -c).
+NAMES=()
+NLINES=()
+CMDS=()
+add() { NAMES+=("$1"); NLINES+=("$2"); CMDS+=("$3"); }
 
-TIMES=$(mktemp)
-trap 'rm -f "$TIMES"' EXIT
+TIMES=$(mktemp -d)
+trap 'rm -rf "$TIMES"' EXIT
 cd "$REPO"
 q=$(printf '%q' "$FILE")
-bench "picket (events,decisions)" "$LINES" "$(printf '%q' "$PICKET") replay --format auth-log --policies policies $q >/dev/null"
-bench "picket (decisions)" "$LINES" "$(printf '%q' "$PICKET") replay --format auth-log --policies policies --emit decisions $q >/dev/null"
-bench "sshg-parser" "$LINES" "/usr/libexec/sshguard/sshg-parser <$q >/dev/null"
+pq=$(printf '%q' "$POLICIES")
+pickets=("$PICKET")
+labels=("picket")
+if [ -n "${PICKET_BEFORE:-}" ]; then
+  pickets=("$PICKET_BEFORE" "$PICKET")
+  labels=("picket before" "picket after")
+fi
+for i in "${!pickets[@]}"; do
+  p=$(printf '%q' "${pickets[$i]}")
+  add "${labels[$i]} (events,decisions)" "$LINES" "$p replay --format auth-log --policies $pq $q >/dev/null"
+  add "${labels[$i]} (decisions)" "$LINES" "$p replay --format auth-log --policies $pq --emit decisions $q >/dev/null"
+done
+add "sshg-parser" "$LINES" "/usr/libexec/sshguard/sshg-parser <$q >/dev/null"
 F2B_FILE=$FILE
 F2B_N=$LINES
 if [ -n "${F2B_LINES:-}" ] && [ "$F2B_LINES" -lt "$LINES" ]; then
@@ -77,11 +81,38 @@ if [ -n "${F2B_LINES:-}" ] && [ "$F2B_LINES" -lt "$LINES" ]; then
   head -n "$F2B_LINES" "$FILE" >"$F2B_FILE"
   F2B_N=$F2B_LINES
 fi
-bench "fail2ban-regex" "$F2B_N" "fail2ban-regex $(printf '%q' "$F2B_FILE") /etc/fail2ban/filter.d/sshd.conf >/dev/null"
+add "fail2ban-regex" "$F2B_N" "fail2ban-regex $(printf '%q' "$F2B_FILE") /etc/fail2ban/filter.d/sshd.conf >/dev/null"
+
+for ((r = 1; r <= RUNS; r++)); do
+  for i in "${!CMDS[@]}"; do
+    /usr/bin/time -o "$TIMES/t" -f '%e %U %S' sh -c "${CMDS[$i]}" 2>/dev/null
+    tail -n1 "$TIMES/t" | awk '{ printf "%s %.2f\n", $1, $2 + $3 }' >>"$TIMES/$i"
+  done
+  echo "round $r of $RUNS done (load $(cut -d' ' -f1 /proc/loadavg))"
+done
+
+# One line per command: median and best, wall and CPU, as seconds and lines/s.
+for i in "${!CMDS[@]}"; do
+  sort -n -k1,1 "$TIMES/$i" | awk '{ print $1 }' >"$TIMES/w"
+  sort -n -k2,2 "$TIMES/$i" | awk '{ print $2 }' >"$TIMES/c"
+  awk -v n="${NAMES[$i]}" -v l="${NLINES[$i]}" -v runs="$RUNS" '
+    NR == FNR { w[FNR] = $1; next } { c[FNR] = $1 }
+    END {
+      m = int((runs + 1) / 2)
+      mw = (runs % 2) ? w[m] : (w[m] + w[m + 1]) / 2
+      mc = (runs % 2) ? c[m] : (c[m] + c[m + 1]) / 2
+      printf "%-34s %8d lines  median wall %6.2f s = %8.0f/s  cpu %6.2f s = %8.0f/s   best wall %8.0f/s  cpu %8.0f/s\n",
+        n, l, mw, l / mw, mc, l / mc, l / w[1], l / c[1] }' "$TIMES/w" "$TIMES/c"
+done
 
 # What each found, once (not timed).
 echo "--- what each found"
-"$PICKET" replay --format auth-log --policies policies --emit decisions "$FILE" 2>&1 >/dev/null | tail -n1
-echo "picket decisions: $("$PICKET" replay --format auth-log --policies policies --emit decisions "$FILE" 2>/dev/null | wc -l)"
+"$PICKET" replay --format auth-log --policies "$POLICIES" --emit decisions "$FILE" 2>&1 >/dev/null | tail -n1
+echo "picket decisions: $("$PICKET" replay --format auth-log --policies "$POLICIES" --emit decisions "$FILE" 2>/dev/null | wc -l)"
+if [ -n "${PICKET_BEFORE:-}" ]; then
+  a=$("$PICKET_BEFORE" replay --format auth-log --policies "$POLICIES" "$FILE" 2>/dev/null | sha256sum)
+  b=$("$PICKET" replay --format auth-log --policies "$POLICIES" "$FILE" 2>/dev/null | sha256sum)
+  if [ "$a" = "$b" ]; then echo "before and after: identical events and decisions"; else echo "before and after DIFFER"; fi
+fi
 echo "sshg-parser attacks: $(/usr/libexec/sshguard/sshg-parser <"$FILE" | wc -l)"
 fail2ban-regex "$F2B_FILE" /etc/fail2ban/filter.d/sshd.conf 2>/dev/null | grep -E '^Lines:' | sed 's/^/fail2ban-regex /'

@@ -2,6 +2,7 @@
 """load.py - drive the real agent under generated mixed load and report its footprint.
 
     scripts/bench/load.py [--rate 1000] [--secs 60] [--offline-secs 10] [--picket PATH] [--no-process] [--brute]
+                          [--policies DIR]
 
 What runs (everything in a temp dir, removed at the end; nothing touches the host's firewall):
   * a mosquitto broker on a free loopback port (plain MQTT), started --offline-secs into the run,
@@ -53,6 +54,21 @@ def proc_cpu_secs(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
+def thread_cpu_secs(pid):
+    """CPU seconds by thread name (threads of one name summed: tokio's blocking pool)."""
+    out = Counter()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        out[name] += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 def proc_mem_kib(pid):
     rss = hwm = 0
     with open(f"/proc/{pid}/status") as f:
@@ -79,6 +95,8 @@ def main():
     ap.add_argument("--offline-secs", type=int, default=10, help="broker starts this long into the load")
     ap.add_argument("--picket", default=None, help="agent binary (default: <target>/release/picket)")
     ap.add_argument("--no-process", action="store_true", help="leave the process source off")
+    ap.add_argument("--policies", default=os.path.join(REPO, "policies"),
+                    help="policy directory (default: the repo's; an older binary may need the policies of its time)")
     ap.add_argument("--brute", action="store_true", help="auth lines from 250 addresses: constant brute-force alerts")
     a = ap.parse_args()
 
@@ -105,7 +123,7 @@ mode = "monitor"
 health_interval_secs = 5
 status_interval_secs = 1
 [policies]
-paths = ["{REPO}/policies"]
+paths = ["{a.policies}"]
 [sources.process]
 enabled = {"true" if process else "false"}
 [sources.file]
@@ -127,6 +145,7 @@ topic_prefix = "picket/v1/load"
             time.sleep(0.1)
         time.sleep(1)
         cpu0, t0 = proc_cpu_secs(agent.pid), time.time()
+        threads0 = thread_cpu_secs(agent.pid)
         seq0 = read_status(data).get("health", {}).get("journal_last_seq", 0)
         bytes0 = read_status(data).get("health", {}).get("journal_bytes", 0)
         samples = []
@@ -180,6 +199,7 @@ topic_prefix = "picket/v1/load"
                 time.sleep(left)
         t1 = time.time()
         cpu1 = proc_cpu_secs(agent.pid)
+        threads1 = thread_cpu_secs(agent.pid)
         st = read_status(data).get("health", {})
         seq1, bytes1 = st.get("journal_last_seq", 0), st.get("journal_bytes", 0)
         # Drain: wait for the backlog to empty.
@@ -187,7 +207,8 @@ topic_prefix = "picket/v1/load"
         while read_status(data).get("health", {}).get("backlog", 1) > 0 and time.time() - drain_t0 < 60:
             time.sleep(0.2)
         drained_in = time.time() - drain_t0
-        final = read_status(data).get("health", {})
+        final_status = read_status(data)
+        final = final_status.get("health", {})
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=15)
@@ -208,12 +229,17 @@ topic_prefix = "picket/v1/load"
     print("  journaled by kind (whole run): " + ", ".join(f"{k} {n}" for k, n in kinds.most_common()))
     print(f"  drops: {final.get('drops') or 'none'}")
     print(f"  CPU: {100 * (cpu1 - cpu0) / secs:.1f} % of one core (agent process, user+sys)")
+    # Threads that ended during the load (tokio's idle blocking threads) are missing here.
+    by_thread = Counter({k: threads1[k] - threads0.get(k, 0) for k in threads1})
+    print("  CPU by thread: " + ", ".join(f"{k} {100 * v / secs:.1f} %" for k, v in by_thread.most_common() if v > 0))
     print(f"  RSS: steady {statistics.median(steady) / 1024:.1f} MiB (median of the second half), "
-          f"peak {max(s[3] for s in samples) / 1024:.1f} MiB (VmHWM)")
+          f"peak {max(s[3] for s in samples) / 1024:.1f} MiB (VmHWM; VmRSS highest {max(s[2] for s in samples) / 1024:.1f} MiB "
+          f"at {max(samples, key=lambda s: s[2])[0] - t0:.0f} s into the load)")
     print(f"  journal: +{(bytes1 - bytes0) / 1e6:.1f} MB during the load")
     print(f"  uplink: backlog {backlog_at_link} events when the broker came up; {drain_backlog} left at the end of the load, "
           f"drained in {drained_in:.1f} s; final backlog {final.get('backlog')}")
     print(f"  detections: {final.get('detections') or 'none'}")
+    print(f"  budgets (cap / use at the end): {final_status.get('budgets') or 'not reported'}")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

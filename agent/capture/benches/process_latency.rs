@@ -14,8 +14,9 @@
 //! ```
 //!
 //! For each rate it prints p50, p99 and max latency, how many execs had no event at all
-//! (missed), how many events came without /proc details (vanished: matched by pid), and the
-//! source's drop counters.
+//! (missed), how many events came without /proc details (vanished: matched by pid; and of those,
+//! how many had their path from fanotify), the CPU share of the reader and hashing threads, and
+//! the source's drop counters.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -71,7 +72,8 @@ async fn run(rate: u32, n: usize) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
-    let cpu_before = reader_cpu_ticks();
+    let cpu_before = thread_cpu_ticks("picket-process");
+    let hash_before = thread_cpu_ticks("picket-hash");
     let cpu_t0 = Instant::now();
     let token = format!("picket-bench-{}-{rate}", std::process::id());
     let (spawned_tx, spawned_rx) = std_mpsc::channel::<Spawned>();
@@ -83,6 +85,7 @@ async fn run(rate: u32, n: usize) {
     // Arrival time of each event, by index (argument) and, for thin events, by pid.
     let mut by_index: HashMap<usize, Instant> = HashMap::new();
     let mut agent_lat: Vec<Duration> = Vec::with_capacity(n);
+    // Thin events by pid: arrival, and whether fanotify gave the program's path.
     let mut by_pid: HashMap<u32, (Instant, bool)> = HashMap::new();
     let expected = Duration::from_secs_f64(f64::from(u32::try_from(n).unwrap_or(u32::MAX)) / f64::from(rate));
     let deadline = Instant::now() + expected + Duration::from_secs(5);
@@ -105,24 +108,26 @@ async fn run(rate: u32, n: usize) {
         } else if let Some(pid) = p.pid
             && ev.message.is_some()
         {
-            by_pid.insert(pid, (now, true));
+            by_pid.insert(pid, (now, p.executable.is_some()));
         }
     }
     let spawned: Vec<Spawned> = spawned_rx.try_iter().collect();
     let achieved = spawner.join().unwrap();
     // Ticks are 10 ms: over a run of seconds that is within a percent.
-    let cpu_ticks = reader_cpu_ticks().saturating_sub(cpu_before);
-    let cpu_pct = cpu_ticks as f64 / 100.0 / cpu_t0.elapsed().as_secs_f64() * 100.0;
+    let secs = cpu_t0.elapsed().as_secs_f64();
+    let cpu_pct = thread_cpu_ticks("picket-process").saturating_sub(cpu_before) as f64 / 100.0 / secs * 100.0;
+    let hash_pct = thread_cpu_ticks("picket-hash").saturating_sub(hash_before) as f64 / 100.0 / secs * 100.0;
     trigger.trigger();
     let _ = task.await;
 
     let mut lat = Vec::with_capacity(n);
-    let (mut missed, mut vanished) = (0, 0);
+    let (mut missed, mut vanished, mut with_path) = (0, 0, 0);
     for s in &spawned {
         match by_index.get(&s.i).or_else(|| by_pid.get(&s.pid).map(|(t, _)| t)) {
             Some(t) => {
                 if !by_index.contains_key(&s.i) {
                     vanished += 1;
+                    with_path += usize::from(by_pid.get(&s.pid).is_some_and(|&(_, path)| path));
                 }
                 lat.push(t.saturating_duration_since(s.t0));
             }
@@ -140,7 +145,8 @@ async fn run(rate: u32, n: usize) {
     };
     println!(
         "process_latency rate={rate}/s (achieved {achieved:.0}/s) execs={}: spawn→event p50={:.2?} p99={:.2?} max={:.2?}; \
-         exec→event p50={:.2?} p99={:.2?} max={:.2?}; missed={missed} vanished={vanished} reader_cpu={cpu_pct:.1}% drops={:?}",
+         exec→event p50={:.2?} p99={:.2?} max={:.2?}; missed={missed} vanished={vanished} \
+         (with path from fanotify {with_path}) reader_cpu={cpu_pct:.1}% hash_cpu={hash_pct:.1}% drops={:?}",
         spawned.len(),
         pct(&lat, 500),
         pct(&lat, 990),
@@ -152,13 +158,13 @@ async fn run(rate: u32, n: usize) {
     );
 }
 
-/// utime + stime of the source's reader thread (`picket-process`), in clock ticks.
-fn reader_cpu_ticks() -> u64 {
+/// utime + stime of the source's thread `name` (`picket-process`, `picket-hash`), in clock ticks.
+fn thread_cpu_ticks(name: &str) -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
     for t in tasks.flatten() {
         let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { continue };
         let Some((comm, rest)) = stat.split_once(") ") else { continue };
-        if comm.ends_with("(picket-process") {
+        if comm.strip_suffix(name).is_some_and(|c| c.ends_with('(')) {
             let f: Vec<&str> = rest.split_ascii_whitespace().collect();
             // Fields 14 and 15 of stat; `rest` starts at field 3.
             return f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)

@@ -1,6 +1,7 @@
 //! Authentication events from the system's auth logs: `auth.failure` and `auth.success` from
 //! OpenSSH sshd, dropbear, sudo and su, read by tailing `sources.auth.files`
-//! (`/var/log/auth.log`, `/var/log/secure`).
+//! (`/var/log/auth.log`, `/var/log/secure`), or from the systemd journal (see "The systemd
+//! journal" below).
 //!
 //! Two halves: [`parse_line`], a pure byte-level parser (no regex, no allocation but the event
 //! it returns, never a panic on any input), and [`AuthSource`], which tails the files and keeps
@@ -148,8 +149,52 @@
 //! Not done: lines written
 //! between our last read and a copytruncate's copy are only in the copy and are missed, as is
 //! a copytruncate whose file regrew past our offset before the next poll; offsets of a file
-//! still being drained after rotation are not saved (a restart then skips its last lines); the
-//! journal (systemd-journald) is not read; `login`, `pam_sss` and other PAM modules.
+//! still being drained after rotation are not saved (a restart then skips its last lines);
+//! `login`, `pam_sss` and other PAM modules.
+//!
+//! # The systemd journal
+//!
+//! On a systemd host without a syslog daemon there are no auth files: the same messages are only
+//! in the journal. `sources.auth.journald` chooses the input, once, at start:
+//!
+//! * `auto` (default): the journal when none of the configured files exists and a journal is
+//!   there (`sources.auth.journal_dir` exists, or journald runs: `/run/systemd/journal/socket`)
+//!   and `journalctl` is on `PATH`; otherwise the files, as above.
+//! * `on`: the journal, never the files (`unavailable` when there is no `journalctl`).
+//! * `off`: the files, never the journal.
+//!
+//! **Never both.** Where rsyslog (Debian's default) copies the journal into `/var/log/auth.log`,
+//! every line is in both places, and reading both would count each attempt twice; the files
+//! stay the primary input there. A file that appears after start does not switch the input
+//! (a switch mid-stream could repeat or skip lines): a restart decides again.
+//!
+//! The source runs `journalctl --follow --output=json --output-fields=MESSAGE,SYSLOG_IDENTIFIER,
+//! _PID,SYSLOG_PID --identifier=sshd ...` (the identifiers in [`JOURNAL_IDENTIFIERS`];
+//! `--directory` with `journal_dir`) as a child process it owns: killed on shutdown and when the
+//! task is dropped, restarted with a back-off (1 s doubling to 60 s, reset after a minute of
+//! running) when it ends, the last line of its stderr shown in the status. Each JSON line is one
+//! entry: `MESSAGE` (a string, or an array of bytes when it is not UTF-8 or holds control
+//! characters) goes to the program's parser exactly as a file line's message part does, with
+//! `SYSLOG_IDENTIFIER` as the program, `_PID` (the journal's own, from the sender's credentials;
+//! else `SYSLOG_PID`) as `process.pid` and `__REALTIME_TIMESTAMP` as the time, so the
+//! trusted-end rules hold unchanged. An entry that is not JSON, has no usable `MESSAGE`
+//! (journalctl writes `null` for one over 4,096 bytes, and an array of values for a field given
+//! twice) or no timestamp is counted as malformed; a JSON line over [`JOURNAL_MAX_ENTRY`] bytes
+//! is skipped and counted as `auth.line_too_long`.
+//!
+//! **Cursor.** The `__CURSOR` of the last entry handed on is written to `auth-journal.cursor` in
+//! the data dir (a temporary file, then rename) every [`POLL`] when it moved and on shutdown;
+//! a restart and every journalctl restart resume with `--after-cursor`, so no entry is read
+//! twice or missed. A first run (no cursor file, or one that is not a cursor) asks journalctl
+//! for the newest matching entry and starts after it, saving that cursor at once: history is
+//! not replayed, as with the files. (journalctl's own `--cursor-file` is not used: it writes the
+//! file only when journalctl exits cleanly, which a follower killed on shutdown does not.)
+//!
+//! `SYSLOG_IDENTIFIER` is the sender's word; the journal's own `_EXE` must name the program the
+//! identifier does (sshd, sshd-session or sshd-auth for the sshd identifiers, dropbear, sudo, su
+//! or BusyBox), so `logger -t sshd ...` is counted as malformed, not parsed. An entry without
+//! `_EXE` (journald could not read the sender's /proc because it had already exited) is still
+//! read. `unix_chkpwd` and `login` have no parser, so they are not read.
 
 use std::path::PathBuf;
 
@@ -157,10 +202,14 @@ use tokio::time::MissedTickBehavior;
 
 use crate::{CaptureError, EventTx, Shutdown, SourceStatus};
 
+mod journal;
+mod lines;
 mod parse;
 mod tail;
 
-pub use parse::{MAX_MESSAGE, MAX_USER, ParseOutcome, YearHint, parse_line};
+pub use journal::{IDENTIFIERS as JOURNAL_IDENTIFIERS, Journald, MAX_ENTRY as JOURNAL_MAX_ENTRY};
+pub use lines::{Line, for_each_line};
+pub use parse::{MAX_MESSAGE, MAX_USER, ParseOutcome, YearHint, parse_line, parse_message};
 pub use tail::MAX_LINE;
 
 /// Wake the tailer (a full channel already holds a wake-up) whenever something happens to a
@@ -200,15 +249,78 @@ pub const POLL: std::time::Duration = std::time::Duration::from_millis(250);
 pub struct AuthSource {
     files: Vec<PathBuf>,
     state_path: PathBuf,
+    journald: Journald,
+    journal_dir: Option<PathBuf>,
+    cursor_path: Option<PathBuf>,
+}
+
+/// Which input a run reads.
+#[derive(Debug)]
+enum Input {
+    Files,
+    Journal(journal::JournalInput),
+    Unavailable(String),
 }
 
 impl AuthSource {
     /// The source's name in status and drop counters.
     pub const NAME: &'static str = "auth";
 
-    /// Tail `files` (`sources.auth.files`), keeping offsets in `state_path`.
+    /// Tail `files` (`sources.auth.files`), keeping offsets in `state_path`; the journal is not
+    /// read (see [`AuthSource::with_journal`]).
     pub fn new(files: Vec<PathBuf>, state_path: PathBuf) -> AuthSource {
-        AuthSource { files, state_path }
+        AuthSource { files, state_path, journald: Journald::Off, journal_dir: None, cursor_path: None }
+    }
+
+    /// When to read the systemd journal instead of the files (`sources.auth.journald`), from
+    /// which directory (`sources.auth.journal_dir`; `None`: the system journal), keeping the
+    /// journal cursor in `cursor_path`.
+    #[must_use]
+    pub fn with_journal(
+        mut self,
+        journald: Journald,
+        dir: Option<PathBuf>,
+        cursor_path: PathBuf,
+    ) -> AuthSource {
+        self.journald = journald;
+        self.journal_dir = dir;
+        self.cursor_path = Some(cursor_path);
+        self
+    }
+
+    /// The files or the journal, never both: decided once, at start.
+    fn input(&self) -> Input {
+        let journal = |journalctl| {
+            Input::Journal(journal::JournalInput {
+                journalctl,
+                dir: self.journal_dir.clone(),
+                cursor_path: self
+                    .cursor_path
+                    .clone()
+                    .unwrap_or_else(|| self.state_path.with_extension("cursor")),
+            })
+        };
+        match self.journald {
+            Journald::Off => Input::Files,
+            Journald::On => match journal::find_journalctl() {
+                Some(j) => journal(j),
+                None => Input::Unavailable("journalctl not found (sources.auth.journald = \"on\")".into()),
+            },
+            Journald::Auto => {
+                if self.files.iter().any(|f| f.exists()) {
+                    return Input::Files;
+                }
+                let there = match &self.journal_dir {
+                    Some(d) => d.is_dir(),
+                    // journald is running.
+                    None => std::path::Path::new("/run/systemd/journal/socket").exists(),
+                };
+                match journal::find_journalctl() {
+                    Some(j) if there => journal(j),
+                    _ => Input::Files,
+                }
+            }
+        }
     }
 
     /// Runs until `shutdown` fires or the pipeline closes, saves the offsets, returns `Ok(())`.
@@ -219,6 +331,14 @@ impl AuthSource {
         status: SourceStatus,
         mut shutdown: Shutdown,
     ) -> Result<(), CaptureError> {
+        match self.input() {
+            Input::Files => {}
+            Input::Journal(j) => return journal::run(j, out, status, shutdown).await,
+            Input::Unavailable(why) => {
+                status.set(Self::NAME, format!("unavailable: {why}"));
+                return Ok(());
+            }
+        }
         if self.files.is_empty() {
             status.set(Self::NAME, "idle: no files configured");
             return Ok(());
@@ -259,5 +379,44 @@ impl AuthSource {
             source_name: Self::NAME,
             message: format!("saving offsets: {e}"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(files: &[PathBuf], journald: Journald, dir: Option<PathBuf>) -> Input {
+        AuthSource::new(files.to_vec(), PathBuf::from("/nonexistent/offsets"))
+            .with_journal(journald, dir, PathBuf::from("/nonexistent/cursor"))
+            .input()
+    }
+
+    #[test]
+    fn auto_reads_the_journal_only_when_no_file_exists_and_a_journal_is_there() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("auth.log");
+        let missing = tmp.path().join("secure");
+        let jdir = tmp.path().join("journal");
+        std::fs::create_dir(&jdir).unwrap();
+        let has_journalctl = journal::find_journalctl().is_some();
+        // No file, a journal directory: the journal (if journalctl is installed).
+        let got = input(std::slice::from_ref(&missing), Journald::Auto, Some(jdir.clone()));
+        assert_eq!(matches!(got, Input::Journal(_)), has_journalctl, "{got:?}");
+        // A file exists: the files, never both.
+        std::fs::write(&log, b"").unwrap();
+        let got = input(&[missing.clone(), log.clone()], Journald::Auto, Some(jdir.clone()));
+        assert!(matches!(got, Input::Files), "{got:?}");
+        // No journal there: the files (waited for).
+        let got = input(std::slice::from_ref(&missing), Journald::Auto, Some(tmp.path().join("none")));
+        assert!(matches!(got, Input::Files), "{got:?}");
+        // The operator's choice wins either way.
+        assert!(matches!(
+            input(std::slice::from_ref(&missing), Journald::Off, Some(jdir.clone())),
+            Input::Files
+        ));
+        let got = input(&[log], Journald::On, Some(jdir));
+        assert!(matches!(got, Input::Journal(_) | Input::Unavailable(_)), "{got:?}");
+        assert_eq!(matches!(got, Input::Journal(_)), has_journalctl);
     }
 }

@@ -7,11 +7,29 @@
 //! [`SourceStatus`] and stops; it does not take the agent down.
 //!
 //! Sources leave `seq` (the journal assigns it) and `host.id` (the pipeline fills it) empty.
+//!
+//! # Load shedding
+//!
+//! The queue into the pipeline is shared by every source. When it backs up (the pipeline or the
+//! journal cannot keep up), [`EventTx`] sheds by [`ShedClass`] before the queue is full, so that
+//! the room left goes to what matters most:
+//!
+//! | queue fill | shed (counted as `shed.<kind>`) |
+//! |---|---|
+//! | below 1/2 ([`SHED_FIRST_AT_PERCENT`]) | nothing |
+//! | from 1/2 | [`ShedClass::First`]: `file.attrib`, `process.exit`, `net.flow` |
+//! | from 3/4 ([`SHED_LATER_AT_PERCENT`]) | also [`ShedClass::Later`]: `process.start`, `file.create/modify/delete/rename`, `net.dns` |
+//! | full | anything, counted as `<source>.queue_full` |
+//!
+//! [`ShedClass::Never`] (auth events; alerts, actions, health and gap records, which no source
+//! sends today) is never shed: the last quarter of the queue is kept for it, so only a queue that
+//! is completely full can drop it, and that is counted too.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use picket_event::Event;
+use picket_event::{Event, EventKind};
 use tokio::sync::{mpsc, watch};
 
 pub mod auth;
@@ -27,25 +45,93 @@ pub enum CaptureError {
     Failed { source_name: &'static str, message: String },
 }
 
-/// Drop counters by `stage.reason`, shared by every stage. Cheap enough for the per-event path
-/// (an uncontended mutex), and only touched when something is dropped.
+/// Drop counters by `stage.reason`, shared by every stage. Cheap enough for the per-event path:
+/// an uncontended mutex for ordinary drops, one atomic add for a shed event (shedding happens
+/// when the agent is already overloaded, so it must not cost an allocation per event).
 #[derive(Clone, Debug, Default)]
-pub struct Drops(Arc<Mutex<BTreeMap<String, u64>>>);
+pub struct Drops(Arc<DropsInner>);
+
+#[derive(Debug, Default)]
+struct DropsInner {
+    map: Mutex<BTreeMap<String, u64>>,
+    /// Shed events by kind (index: declaration order of [`EventKind`]).
+    shed: [AtomicU64; EventKind::ALL.len()],
+}
 
 impl Drops {
     pub fn add(&self, stage: &str, reason: &str, n: u64) {
-        let mut m = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut m = self.0.map.lock().unwrap_or_else(PoisonError::into_inner);
         *m.entry(format!("{stage}.{reason}")).or_insert(0) += n;
     }
 
+    /// Count one event shed under overload; reported as `shed.<kind>`.
+    pub fn add_shed(&self, kind: EventKind) {
+        if let Some(c) = self.0.shed.get(kind as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Events of `kind` shed so far.
+    pub fn shed(&self, kind: EventKind) -> u64 {
+        self.0.shed.get(kind as usize).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Every counter by `stage.reason`, shed events as `shed.<kind>`.
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        let mut m = self.0.map.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        for kind in EventKind::ALL {
+            let n = self.shed(kind);
+            if n > 0 {
+                *m.entry(format!("shed.{kind}")).or_insert(0) += n;
+            }
+        }
+        m
     }
 
     pub fn total(&self) -> u64 {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).values().sum()
+        let shed: u64 = self.0.shed.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        self.0.map.lock().unwrap_or_else(PoisonError::into_inner).values().sum::<u64>() + shed
     }
 }
+
+/// How readily events of a kind are shed when the queue into the pipeline backs up (see the
+/// crate docs for the marks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ShedClass {
+    /// Shed first: the least telling events, whose loss costs the least context. A process's
+    /// exit (its start was journaled), an attribute change, a flow update.
+    First,
+    /// Shed when the queue is three quarters full: the rest of the routine telemetry.
+    Later,
+    /// Never shed: authentication events (what brute-force and login policies act on), and
+    /// alerts, actions, health and gap records.
+    Never,
+}
+
+impl ShedClass {
+    pub const fn of(kind: EventKind) -> ShedClass {
+        match kind {
+            EventKind::FileAttrib | EventKind::ProcessExit | EventKind::NetFlow => ShedClass::First,
+            EventKind::ProcessStart
+            | EventKind::FileCreate
+            | EventKind::FileModify
+            | EventKind::FileDelete
+            | EventKind::FileRename
+            | EventKind::NetDns => ShedClass::Later,
+            EventKind::AuthFailure
+            | EventKind::AuthSuccess
+            | EventKind::Alert
+            | EventKind::Action
+            | EventKind::AgentHealth
+            | EventKind::JournalGap => ShedClass::Never,
+        }
+    }
+}
+
+/// Queue fill (percent of its capacity) from which [`ShedClass::First`] events are shed.
+pub const SHED_FIRST_AT_PERCENT: usize = 50;
+/// Queue fill (percent of its capacity) from which [`ShedClass::Later`] events are shed too.
+pub const SHED_LATER_AT_PERCENT: usize = 75;
 
 /// What each source is doing, by source name: `running`, `disabled`, `unavailable: ...`,
 /// `failed: ...`. Shown in `agent.health` and `picket status`.
@@ -76,6 +162,9 @@ pub struct EventTx {
 pub enum SendError {
     /// The queue was full; the event was dropped and counted.
     Full,
+    /// The queue is backing up and this kind is shed at its fill (see [`ShedClass`]); counted as
+    /// `shed.<kind>`.
+    Shed,
     /// The pipeline is gone (shutting down); stop producing.
     Closed,
 }
@@ -86,8 +175,23 @@ impl EventTx {
         EventTx { stage, tx, drops }
     }
 
-    /// Send without waiting. A full queue drops the event and counts it as `<stage>.queue_full`.
+    /// Send without waiting. Past the shedding marks, events of the classes shed at that fill
+    /// are dropped and counted as `shed.<kind>` (see [`ShedClass`]); a full queue drops the event
+    /// and counts it as `<stage>.queue_full`.
     pub fn send(&self, ev: Event) -> Result<(), SendError> {
+        let class = ShedClass::of(ev.kind);
+        if class != ShedClass::Never {
+            let cap = self.tx.max_capacity();
+            let fill = cap - self.tx.capacity();
+            let mark = if class == ShedClass::First { SHED_FIRST_AT_PERCENT } else { SHED_LATER_AT_PERCENT };
+            if fill * 100 >= cap * mark {
+                if self.tx.is_closed() {
+                    return Err(SendError::Closed);
+                }
+                self.drops.add_shed(ev.kind);
+                return Err(SendError::Shed);
+            }
+        }
         match self.tx.try_send(ev) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -140,5 +244,100 @@ impl Shutdown {
     pub async fn wait(&mut self) {
         // An error means the trigger was dropped, which also means: stop.
         let _ = self.0.wait_for(|v| *v).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use picket_event::{Event, EventKind, Timestamp};
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    fn ev(kind: EventKind) -> Event {
+        Event::new(kind, Timestamp::from_unix_nanos(1_700_000_000_000_000_000))
+    }
+
+    /// Sources flood a queue nobody reads: routine kinds are shed at their marks, auth events are
+    /// never shed and take the last quarter, and every event is either queued or counted once.
+    #[test]
+    fn a_flooded_queue_sheds_routine_events_first_and_never_auth_and_counts_everything() {
+        const CAP: usize = 64;
+        let (tx, mut rx) = mpsc::channel::<Event>(CAP);
+        let drops = Drops::default();
+        let process = EventTx::new("process", tx.clone(), drops.clone());
+        let file = EventTx::new("file", tx.clone(), drops.clone());
+        let auth = EventTx::new("auth", tx, drops.clone());
+
+        let mut sent: BTreeMap<EventKind, u64> = BTreeMap::new();
+        let mut results: BTreeMap<(EventKind, String), u64> = BTreeMap::new();
+        let mut send = |out: &EventTx, kind: EventKind| {
+            *sent.entry(kind).or_default() += 1;
+            let r = out.send(ev(kind));
+            *results.entry((kind, format!("{r:?}"))).or_default() += 1;
+            r
+        };
+        // 1. Routine only, far more than fits: the queue stops at the Later mark, 3/4.
+        for i in 0..1000 {
+            let (out, kind) = match i % 5 {
+                0 => (&process, EventKind::ProcessExit),
+                1 => (&file, EventKind::FileAttrib),
+                2 => (&process, EventKind::ProcessStart),
+                3 => (&file, EventKind::FileModify),
+                _ => (&file, EventKind::FileCreate),
+            };
+            let _ = send(out, kind);
+        }
+        assert_eq!(CAP - auth.tx.capacity(), CAP * SHED_LATER_AT_PERCENT / 100);
+        // 2. Auth events still get in: the last quarter is theirs.
+        for _ in 0..CAP / 4 {
+            assert_eq!(send(&auth, EventKind::AuthFailure), Ok(()));
+        }
+        // 3. Only a queue that is completely full drops one, and counts it as queue_full.
+        assert_eq!(send(&auth, EventKind::AuthSuccess), Err(SendError::Full));
+
+        let mut queued: BTreeMap<EventKind, u64> = BTreeMap::new();
+        while let Ok(e) = rx.try_recv() {
+            *queued.entry(e.kind).or_default() += 1;
+        }
+        let snap = drops.snapshot();
+        eprintln!("queued {queued:?}\ndrops {snap:?}");
+        assert_eq!(queued.values().sum::<u64>(), CAP as u64);
+        assert_eq!(queued[&EventKind::AuthFailure], (CAP / 4) as u64);
+        assert!(!snap.keys().any(|k| k.starts_with("shed.auth")), "auth never shed: {snap:?}");
+        eprintln!("size_of::<Event>() = {}", std::mem::size_of::<Event>());
+        assert_eq!(snap.get("auth.queue_full"), Some(&1));
+        // Up to the First mark everything was taken; after it, no First-class event got in.
+        let first = queued.get(&EventKind::ProcessExit).unwrap_or(&0)
+            + queued.get(&EventKind::FileAttrib).unwrap_or(&0);
+        assert!(first <= (CAP * SHED_FIRST_AT_PERCENT / 100) as u64, "first-class queued: {first}");
+        assert!(drops.shed(EventKind::ProcessExit) > 0 && drops.shed(EventKind::FileAttrib) > 0);
+        assert!(drops.shed(EventKind::ProcessStart) > 0 && drops.shed(EventKind::FileModify) > 0);
+        // Every event is accounted for exactly once: queued, shed or dropped as queue_full.
+        for (kind, n) in &sent {
+            let full = if *kind == EventKind::AuthSuccess { 1 } else { 0 };
+            assert_eq!(queued.get(kind).unwrap_or(&0) + drops.shed(*kind) + full, *n, "{kind}: {results:?}");
+        }
+        assert_eq!(drops.total(), sent.values().sum::<u64>() - CAP as u64);
+    }
+
+    #[test]
+    fn auth_alerts_actions_and_health_are_never_shed() {
+        for kind in EventKind::ALL {
+            let never = matches!(
+                kind,
+                EventKind::AuthFailure
+                    | EventKind::AuthSuccess
+                    | EventKind::Alert
+                    | EventKind::Action
+                    | EventKind::AgentHealth
+                    | EventKind::JournalGap
+            );
+            assert_eq!(ShedClass::of(kind) == ShedClass::Never, never, "{kind}");
+        }
+        assert_eq!(ShedClass::of(EventKind::ProcessExit), ShedClass::First);
+        assert_eq!(ShedClass::of(EventKind::ProcessStart), ShedClass::Later);
     }
 }

@@ -20,7 +20,12 @@
 //! `process.start_ticks` (field 22 of /proc/PID/stat, which containment checks against PID
 //! reuse), `process.parent.{pid,name,executable,command_line}` (from the process table, so they
 //! are there even when the parent is gone from /proc), `user.id` and `user.name` (the effective
-//! user). `@timestamp` is the kernel's time of the exec, not the time picket read /proc.
+//! user). `@timestamp` is the kernel's time of the exec, not the time picket read /proc. Also:
+//! `process.hash.sha256` of the file running ([`hash`]: cached per file version, computed on
+//! another thread), `process.fileless` and `process.fileless_reason` (`memfd`, `deleted`,
+//! `dev_shm`: [`hash::fileless_reason`]), `process.cgroup` (when not the root cgroup) and
+//! `container.id` / `container.runtime` (from /proc/PID/cgroup: [`procfs::parse_cgroup`]).
+//! `event.module` is `netlink`, or `poll` for the fallback ([`poll`]).
 //!
 //! `process.exit`: `process.pid`, `process.exit_code` (the exit status, or 128 + the signal
 //! number for a process killed by a signal, as shells report it; `message` then names the
@@ -36,15 +41,22 @@
 //!   before the first exec was handled, still gets its `process.start`, with what is known
 //!   (`pid`; `parent.*` from the fork; `name`, `start_ticks` and the user while a zombie still
 //!   shows them) and a `message` saying so; it is counted as `process.vanished`. The event is
-//!   not lost, only thin.
+//!   not lost, only thin; and its `executable` and `resolved_executable` come from fanotify
+//!   ([`fanotify`]: the file the kernel opened for the exec, symlinks resolved), when fanotify
+//!   could be set up.
 //! * A full pipeline queue drops events as `process.queue_full`, like every source.
 //! * The status line shows the counts: `running (12 lost to 1 overruns; 3 vanished before /proc
-//!   was read)`, and whether the reader runs below real-time priority.
+//!   was read, 3 of them with their path from fanotify)`, fanotify queue overflows, events sent
+//!   without a hash because the hasher was busy or the program changed before it was read
+//!   ([`hash`]), whether fanotify is missing (`no exec paths for
+//!   vanished processes: ...`), and whether the reader runs below real-time priority.
 //!
 //! # Threads
 //!
 //! One dedicated thread (`picket-process`) blocks in `recv` on the netlink socket, reads /proc
-//! and sends with [`EventTx::send`] (never waits); the async side only waits for shutdown. The
+//! and sends with [`EventTx::send`] (never waits); the async side only waits for shutdown. After
+//! each batch it drains the fanotify group (non-blocking). A second thread (`picket-hash`) hashes
+//! programs not yet in the hash cache and sends their `process.start` itself. The
 //! thread runs at real-time priority while that is cheap (see [`sched`] for why, with numbers,
 //! and the governor that bounds it). Messages already queued are handled as one batch: /proc is
 //! read for every exec in the batch, fragile parts first ([`procfs::Part`]), before any event is
@@ -55,28 +67,33 @@
 //! # Requirements and limits
 //!
 //! Subscribing needs CAP_NET_ADMIN, reading the exec filename and other users' /proc entries
-//! needs root (CAP_SYS_PTRACE), and the connector serves only the initial network namespace.
-//! Without these the status says `unavailable: ...` once and the agent runs on without process
-//! events. Not done: the eBPF exec tracepoint or fanotify `FAN_OPEN_EXEC` (which would give the
-//! path of processes that vanish), executable hashes, container ids, uid/gid change events, a
-//! polling fallback. A main thread that exits while other threads run is reported as the
-//! process's exit.
+//! needs root (CAP_SYS_PTRACE), fanotify needs CAP_SYS_ADMIN, and the connector serves only the
+//! initial network namespace. Without the connector the source polls /proc at
+//! `sources.process.poll_interval_secs` ([`poll`]: `running (degraded: ...)`), or, with polling
+//! off, the status says `unavailable: ...` once and the agent runs on without process events.
+//! Not done: the eBPF exec tracepoint, uid/gid change events. A main thread that exits while other
+//! threads run is reported as the process's exit.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use picket_event::{Event, EventKind, ParentProcess, Process, Timestamp, User, severity};
+use picket_event::{Container, Event, EventKind, ParentProcess, Process, Timestamp, User, severity};
 use tokio::sync::oneshot;
 
 use crate::{CaptureError, EventTx, SendError, Shutdown, SourceStatus};
 
 pub mod cache;
+pub mod fanotify;
+pub mod hash;
 pub mod netlink;
+pub mod poll;
 pub mod procfs;
 pub mod sched;
 
 use cache::{Image, ProcCache};
+use fanotify::{ExecFile, ExecPaths};
+use hash::{FileKey, Hasher};
 use netlink::{ConnEvent, Connector, Message, Recv, SeqTracker};
 use procfs::{Part, ProcReader, Snapshot};
 
@@ -121,6 +138,57 @@ impl Procfs for ProcReader {
     }
 }
 
+/// Where the tracker gets each exec's file from when /proc is gone: fanotify ([`ExecPaths`]), a
+/// test double, or nothing (`()`).
+pub trait ExecSource {
+    /// The file of `pid`'s oldest exec not yet taken; `exe` is /proc/PID/exe when it was read
+    /// (a record naming another file is then left in place).
+    fn take(&mut self, pid: u32, exe: Option<&str>) -> Option<ExecFile>;
+}
+
+impl ExecSource for () {
+    fn take(&mut self, _: u32, _: Option<&str>) -> Option<ExecFile> {
+        None
+    }
+}
+
+impl<T: ExecSource> ExecSource for Option<T> {
+    fn take(&mut self, pid: u32, exe: Option<&str>) -> Option<ExecFile> {
+        self.as_mut().and_then(|s| s.take(pid, exe))
+    }
+}
+
+impl ExecSource for ExecPaths {
+    fn take(&mut self, pid: u32, exe: Option<&str>) -> Option<ExecFile> {
+        ExecPaths::take(self, pid, exe)
+    }
+}
+
+/// The file a `process.start` ran, for hashing: its version, and how to open it.
+#[derive(Debug)]
+pub struct Program {
+    pub key: FileKey,
+    pub open: Opener,
+}
+
+/// How to open a program's file.
+#[derive(Debug)]
+pub enum Opener {
+    /// `/proc/PID/exe` (works for deleted files and memfds while the process lives).
+    Proc(u32),
+    /// Already open (fanotify's fd).
+    Fd(std::os::fd::OwnedFd),
+}
+
+impl Opener {
+    pub fn open(self) -> Option<std::fs::File> {
+        match self {
+            Opener::Proc(pid) => std::fs::File::open(format!("/proc/{pid}/exe")).ok(),
+            Opener::Fd(fd) => Some(std::fs::File::from(fd)),
+        }
+    }
+}
+
 /// What a batch added to the loss counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BatchCounts {
@@ -128,6 +196,8 @@ pub struct BatchCounts {
     pub lost: u64,
     /// `process.start` events sent without /proc details.
     pub vanished: u64,
+    /// Of those, the ones whose program path came from fanotify.
+    pub vanished_with_path: u64,
 }
 
 /// Turns connector messages into events: the process table and the loss accounting. No I/O of
@@ -178,8 +248,9 @@ impl Tracker {
         &mut self,
         batch: &[Message],
         fs: &mut impl Procfs,
+        execs: &mut impl ExecSource,
         wall_offset_ns: i64,
-        emit: &mut impl FnMut(Event),
+        emit: &mut impl FnMut(Event, Option<Program>),
     ) -> BatchCounts {
         let mut counts = BatchCounts::default();
         // Which execs are already superseded by a later exec of the same pid in this batch.
@@ -216,12 +287,14 @@ impl Tracker {
                 }
                 ConnEvent::Exec { tgid, .. } => {
                     let snap = self.snaps[i].take();
-                    let (ev, vanished) = self.on_exec(tgid, snap, m.timestamp_ns, ts, fs);
+                    let (ev, program, vanished, with_path) =
+                        self.on_exec(tgid, snap, m.timestamp_ns, ts, fs, execs);
                     counts.vanished += u64::from(vanished);
-                    emit(ev);
+                    counts.vanished_with_path += u64::from(vanished && with_path);
+                    emit(ev, program);
                 }
                 ConnEvent::Exit { pid, tgid, exit_code, parent_tgid } if pid == tgid => {
-                    emit(self.on_exit(tgid, exit_code, parent_tgid, m.timestamp_ns, ts));
+                    emit(self.on_exit(tgid, exit_code, parent_tgid, m.timestamp_ns, ts), None);
                 }
                 _ => {}
             }
@@ -236,28 +309,62 @@ impl Tracker {
         mono_ns: u64,
         ts: Timestamp,
         fs: &mut impl Procfs,
-    ) -> (Event, bool) {
+        execs: &mut impl ExecSource,
+    ) -> (Event, Option<Program>, bool, bool) {
         let mut ev = base_event(EventKind::ProcessStart, ts);
         // No snapshot: a later exec of the same pid was already queued, so /proc shows that one.
         let stale = snap.is_none();
         let snap = snap.unwrap_or_default();
         let vanished = snap.is_vanished();
+        // This exec's record from fanotify: checked against /proc/PID/exe when that was read.
+        let file = execs.take(pid, snap.exe.as_deref());
         let known = self.cache.peek(pid);
         let ppid = snap.stat.as_ref().map(|s| s.ppid).or(known.and_then(|e| e.ppid));
         let mut p = Process { pid: Some(pid), ..Process::default() };
-        let image = (!vanished).then(|| image_of(&snap));
+        let mut image = (!vanished).then(|| image_of(&snap));
+        p.resolved_executable = snap.exe.clone();
         if let Some(img) = &image {
             p.name = Some(img.name.clone());
             p.executable.clone_from(&img.executable);
         } else {
             p.name = snap.stat.as_ref().map(|s| s.comm.clone());
-            ev.message = Some(if stale {
-                "process exec'd again before /proc could be read".to_string()
+            let what = if stale {
+                "process exec'd again before /proc could be read"
             } else {
-                "process exited before /proc could be read".to_string()
+                "process exited before /proc could be read"
+            };
+            ev.message = Some(match &file {
+                Some(_) => format!("{what}; executable from fanotify (symlinks resolved)"),
+                None => what.to_string(),
             });
+            if let Some(f) = &file {
+                p.executable = Some(f.path.clone());
+                p.resolved_executable = Some(f.running.clone());
+                let name = p.name.clone().unwrap_or_else(|| procfs::base_name(&f.path).to_string());
+                p.name = Some(name.clone());
+                image = Some(Image { name, executable: Some(f.path.clone()), command_line: None });
+            }
         }
-        p.resolved_executable = snap.exe.clone();
+        if let Some(why) = hash::fileless_reason(p.resolved_executable.as_deref(), p.executable.as_deref()) {
+            p.fileless = Some(true);
+            p.fileless_reason = Some(why.to_string());
+        }
+        if let Some(cg) = &snap.cgroup {
+            if cg.path != "/" {
+                p.cgroup = Some(cg.path.clone());
+            }
+            if let Some(id) = &cg.container_id {
+                ev.container = Some(Container { id: id.clone(), runtime: cg.runtime.map(str::to_string) });
+            }
+        }
+        let with_path = file.is_some();
+        let program = match (file, snap.exe_key) {
+            (Some(ExecFile { key: Some(key), fd: Some(fd), .. }), _) => {
+                Some(Program { key, open: Opener::Fd(fd) })
+            }
+            (_, Some(key)) if !vanished => Some(Program { key, open: Opener::Proc(pid) }),
+            _ => None,
+        };
         p.working_directory = snap.cwd.clone();
         p.start_ticks = snap.stat.as_ref().map(|s| s.start_ticks);
         if let Some(argv) = snap.argv {
@@ -272,7 +379,7 @@ impl Tracker {
         }
         self.cache.exec(pid, ppid, image, p.start_ticks, mono_ns);
         ev.process = Some(p);
-        (ev, vanished)
+        (ev, program, vanished, with_path)
     }
 
     /// `process.parent.*` for `ppid`: from the table, else read from /proc once and remembered.
@@ -389,19 +496,31 @@ fn boot_offset() -> u64 {
 
 /// The process source.
 #[derive(Debug, Clone, Default)]
-pub struct ProcessSource {}
+pub struct ProcessSource {
+    poll_interval: Option<Duration>,
+}
 
 impl ProcessSource {
     /// The source's name in status and drop counters.
     pub const NAME: &'static str = "process";
 
+    /// A source without the polling fallback: unavailable without the connector.
     pub fn new() -> ProcessSource {
         ProcessSource::default()
     }
 
+    /// When the connector cannot be used, scan /proc every `interval` instead ([`poll`]);
+    /// `None`: report the source unavailable.
+    #[must_use]
+    pub fn with_poll_interval(mut self, interval: Option<Duration>) -> ProcessSource {
+        self.poll_interval = interval.filter(|d| !d.is_zero());
+        self
+    }
+
     /// Runs until `shutdown` fires or the pipeline closes, then returns `Ok(())`. Without the
-    /// privileges or kernel support it needs, it sets the status to `unavailable: ...` and
-    /// returns `Ok(())` at once.
+    /// privileges or kernel support the connector needs, it polls /proc if a poll interval was
+    /// given (status `running (degraded: ...)`), else it sets the status to `unavailable: ...`
+    /// and returns `Ok(())` at once.
     pub async fn run(
         self,
         out: EventTx,
@@ -416,7 +535,7 @@ impl ProcessSource {
             std::thread::Builder::new()
                 .name("picket-process".into())
                 .spawn(move || {
-                    let _ = done_tx.send(reader(&out, &status, &stop));
+                    let _ = done_tx.send(reader(self.poll_interval, &out, &status, &stop));
                 })
                 .map_err(|e| CaptureError::Failed {
                     source_name: Self::NAME,
@@ -441,14 +560,49 @@ impl ProcessSource {
     }
 }
 
+/// The counts the status line shows.
+#[derive(Debug, Default, PartialEq, Eq, Clone)]
+struct Stats {
+    lost: u64,
+    overruns: u64,
+    vanished: u64,
+    vanished_with_path: u64,
+    /// Why there is no fanotify correlation, if there is none.
+    no_fanotify: Option<String>,
+    fanotify: fanotify::Counts,
+    /// Events sent without a hash because the hasher's queue was full.
+    unhashed: u64,
+    /// Events sent without a hash because the program opened was not the version looked up.
+    changed: u64,
+}
+
 /// `running`, then what is worth knowing: losses, and a reader not at real-time priority.
-fn status_line(lost: u64, overruns: u64, vanished: u64, governor: &sched::Governor) -> String {
+fn status_line(st: &Stats, governor: &sched::Governor) -> String {
     let mut notes = Vec::new();
-    if lost > 0 || overruns > 0 {
-        notes.push(format!("{lost} lost to {overruns} overruns"));
+    if st.lost > 0 || st.overruns > 0 {
+        notes.push(format!("{} lost to {} overruns", st.lost, st.overruns));
     }
-    if vanished > 0 {
-        notes.push(format!("{vanished} vanished before /proc was read"));
+    if st.vanished > 0 {
+        notes.push(format!(
+            "{} vanished before /proc was read, {} of them with their path from fanotify",
+            st.vanished, st.vanished_with_path
+        ));
+    }
+    if let Some(why) = &st.no_fanotify {
+        notes.push(format!("no exec paths for vanished processes: {why}"));
+    }
+    let f = &st.fanotify;
+    if f.overflows > 0 || f.mismatched > 0 {
+        notes.push(format!(
+            "fanotify: {} queue overflows, {} records not matching /proc",
+            f.overflows, f.mismatched
+        ));
+    }
+    if st.unhashed > 0 {
+        notes.push(format!("{} without hash (hasher busy)", st.unhashed));
+    }
+    if st.changed > 0 {
+        notes.push(format!("{} without hash (program changed)", st.changed));
     }
     if let Some(why) = governor.refused() {
         notes.push(format!("normal priority: real-time refused: {why}"));
@@ -466,27 +620,23 @@ fn failed(message: String) -> CaptureError {
 }
 
 /// The reader thread: subscribe, scan /proc, then receive until stopped.
-fn reader(out: &EventTx, status: &SourceStatus, stop: &AtomicBool) -> Result<(), CaptureError> {
-    let name = ProcessSource::NAME;
-    let unavailable = |why: String| status.set(name, format!("unavailable: {why}"));
+/// A subscribed connector, the messages that came with its answer, overruns so far.
+type Connected = (Connector, Vec<Message>, u64);
+
+/// Open and subscribe. `Ok(Err(why))`: the connector cannot be used here.
+fn connect(stop: &AtomicBool) -> Result<Result<Connected, String>, CaptureError> {
     let caps = std::fs::read("/proc/self/status").unwrap_or_default();
     if !procfs::status_has_cap(&caps, procfs::CAP_NET_ADMIN) {
-        unavailable("the netlink process connector needs CAP_NET_ADMIN (run as root)".into());
-        return Ok(());
+        return Ok(Err("the netlink process connector needs CAP_NET_ADMIN (run as root)".into()));
     }
     let mut conn = match Connector::open() {
         Ok(c) => c,
-        Err(e) => {
-            unavailable(e.to_string());
-            return Ok(());
-        }
+        Err(e) => return Ok(Err(e.to_string())),
     };
     let ack = std::process::id() | 0x5000_0000;
     if let Err(e) = conn.subscribe(ack) {
-        unavailable(e.to_string());
-        return Ok(());
+        return Ok(Err(e.to_string()));
     }
-
     let mut buf = vec![0u8; 16 * 1024];
     let mut batch: Vec<Message> = Vec::with_capacity(BATCH);
     let mut overruns = 0u64;
@@ -507,13 +657,81 @@ fn reader(out: &EventTx, status: &SourceStatus, stop: &AtomicBool) -> Result<(),
                 && a == ack.wrapping_add(1)
             {
                 if err != 0 {
-                    unavailable(netlink::OpenError::Refused(err).to_string());
-                    return Ok(());
+                    return Ok(Err(netlink::OpenError::Refused(err).to_string()));
                 }
                 break 'ack;
             }
         }
     }
+    Ok(Ok((conn, batch, overruns)))
+}
+
+/// Send `ev`, hashing its program first when `program` says which and the hash is not cached
+/// (then the hasher sends it). Returns false once the pipeline is closed.
+fn deliver(
+    out: &EventTx,
+    hasher: Option<&Hasher>,
+    mut ev: Event,
+    program: Option<Program>,
+    unhashed: &mut u64,
+) -> bool {
+    // Too large to hash: known from the file's size, without reading it.
+    let program = program.filter(|p| p.key.size <= hash::MAX_HASH_BYTES);
+    let mut to_hash = None;
+    if let (Some(h), Some(prog)) = (hasher, program) {
+        match h.cached(&prog.key) {
+            Some(Some(sum)) => hash::set_hash(&mut ev, &sum),
+            Some(None) => {}
+            None => to_hash = prog.open.open().map(|file| (prog.key, file)),
+        }
+    }
+    if let Some(h) = hasher {
+        // Behind events still waiting for a hash, this one waits too: the order is kept.
+        let needs_hash = to_hash.is_some();
+        if needs_hash || h.busy() {
+            match h.submit(hash::Job { event: ev, hash: to_hash }) {
+                None => return true,
+                Some(back) => {
+                    *unhashed += u64::from(needs_hash);
+                    ev = back;
+                }
+            }
+        }
+    }
+    out.send(ev) != Err(SendError::Closed)
+}
+
+/// The reader thread: subscribe (or fall back to polling), scan /proc, then receive until
+/// stopped.
+fn reader(
+    poll_interval: Option<Duration>,
+    out: &EventTx,
+    status: &SourceStatus,
+    stop: &AtomicBool,
+) -> Result<(), CaptureError> {
+    let name = ProcessSource::NAME;
+    let (conn, mut batch, mut overruns) = match connect(stop)? {
+        Ok(c) => c,
+        Err(why) => {
+            match poll_interval {
+                Some(every) => poll::run(every, &why, out, status, stop),
+                None => status.set(name, format!("unavailable: {why}")),
+            }
+            return Ok(());
+        }
+    };
+    let mut buf = vec![0u8; 16 * 1024];
+
+    // Before the scan: an exec from now on has its fanotify record.
+    let mut st = Stats::default();
+    let mut paths = match ExecPaths::open() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            st.no_fanotify = Some(e);
+            None
+        }
+    };
+    let hasher = Hasher::start(out.clone()).ok();
 
     // Real-time from here on: the scan below and every /proc read race exiting processes.
     let mut governor = sched::Governor::start();
@@ -530,14 +748,19 @@ fn reader(out: &EventTx, status: &SourceStatus, stop: &AtomicBool) -> Result<(),
     }
 
     let mut closed = false;
-    let mut lost = 0u64;
-    let mut vanished = 0u64;
     let mut shown = String::new();
     let mut last_status: Option<Instant> = None;
     let mut shown_policy = governor.policy();
     loop {
         governor.tick();
-        let line = status_line(lost, overruns, vanished, &governor);
+        st.overruns = overruns;
+        if let Some(h) = &hasher {
+            st.changed = h.counts.changed.load(Ordering::Relaxed);
+        }
+        if let Some(p) = &paths {
+            st.fanotify = p.counts;
+        }
+        let line = status_line(&st, &governor);
         // Counts are shown at most once a second; a change of priority at once.
         let due =
             last_status.is_none_or(|t| t.elapsed() >= STATUS_EVERY) || governor.policy() != shown_policy;
@@ -569,18 +792,25 @@ fn reader(out: &EventTx, status: &SourceStatus, stop: &AtomicBool) -> Result<(),
         if batch.is_empty() {
             continue;
         }
-        let counts = tracker.handle_batch(&batch, &mut fs, wall_offset(), &mut |ev| {
-            if out.send(ev) == Err(SendError::Closed) {
+        // The records of the batch's execs are queued by now (fanotify's come first).
+        if let Some(p) = &mut paths {
+            p.drain();
+        }
+        let mut unhashed = 0u64;
+        let counts = tracker.handle_batch(&batch, &mut fs, &mut paths, wall_offset(), &mut |ev, program| {
+            if !deliver(out, hasher.as_ref(), ev, program, &mut unhashed) {
                 closed = true;
             }
         });
         batch.clear();
+        st.unhashed += unhashed;
         if counts.lost > 0 {
-            lost += counts.lost;
+            st.lost += counts.lost;
             out.count_drop("overrun", counts.lost);
         }
         if counts.vanished > 0 {
-            vanished += counts.vanished;
+            st.vanished += counts.vanished;
+            st.vanished_with_path += counts.vanished_with_path;
             out.count_drop("vanished", counts.vanished);
         }
     }
@@ -615,6 +845,7 @@ mod tests {
                 Part::Task => {
                     snap.stat.clone_from(&p.stat);
                     snap.ids = p.ids;
+                    snap.cgroup.clone_from(&p.cgroup);
                 }
             }
         }
@@ -632,6 +863,7 @@ mod tests {
             cwd: Some("/root".into()),
             stat: Some(Stat { comm: "c".into(), state: 'R', ppid, start_ticks: 4242 }),
             ids: Some(Ids { uid: 1000, euid: 0, gid: 0, egid: 0 }),
+            ..Snapshot::default()
         }
     }
 
@@ -641,7 +873,7 @@ mod tests {
 
     fn run(t: &mut Tracker, fs: &mut FakeProc, batch: &[Message]) -> (Vec<Event>, BatchCounts) {
         let mut out = Vec::new();
-        let c = t.handle_batch(batch, fs, 1_000, &mut |e| out.push(e));
+        let c = t.handle_batch(batch, fs, &mut (), 1_000, &mut |e, _| out.push(e));
         (out, c)
     }
 
@@ -709,6 +941,82 @@ mod tests {
         assert!(evs[1].process.as_ref().unwrap().executable.is_none());
         assert_eq!(evs[2].process.as_ref().unwrap().executable.as_deref(), Some("/bin/true"));
         assert_eq!(fs.reads.iter().filter(|&&p| p == 12).count(), 1);
+    }
+
+    /// Records per pid, oldest first, as fanotify would queue them.
+    #[derive(Default)]
+    struct FakeExecs(HashMap<u32, Vec<String>>);
+
+    impl ExecSource for FakeExecs {
+        fn take(&mut self, pid: u32, exe: Option<&str>) -> Option<ExecFile> {
+            let q = self.0.get_mut(&pid)?;
+            if q.is_empty() || exe.is_some_and(|e| e != q[0]) {
+                return None;
+            }
+            Some(ExecFile::new(q.remove(0), None, None))
+        }
+    }
+
+    #[test]
+    fn vanished_execs_get_their_path_from_fanotify_in_exec_order() {
+        let mut fs = FakeProc::default();
+        fs.procs.insert(10, snap(&["sh"], "/bin/sh", "/usr/bin/dash", 1));
+        // 13 is alive and runs /usr/bin/b; its first record is an older exec's.
+        fs.procs.insert(13, snap(&["b"], "/usr/bin/b", "/usr/bin/b", 10));
+        let mut execs = FakeExecs::default();
+        execs.0.insert(11, vec!["/usr/bin/true".into()]);
+        execs.0.insert(12, vec!["/tmp/first".into(), "/tmp/second (deleted)".into()]);
+        execs.0.insert(13, vec!["/usr/bin/a".into()]);
+        let mut t = Tracker::default();
+        let mut out = Vec::new();
+        let c = t.handle_batch(
+            &[
+                msg(0, 1, ConnEvent::Fork { parent_tgid: 10, child_pid: 11, child_tgid: 11 }),
+                msg(1, 2, ConnEvent::Exec { pid: 11, tgid: 11 }),
+                msg(2, 3, ConnEvent::Exec { pid: 12, tgid: 12 }),
+                msg(3, 4, ConnEvent::Exec { pid: 12, tgid: 12 }),
+                msg(4, 5, ConnEvent::Exec { pid: 13, tgid: 13 }),
+                msg(5, 6, ConnEvent::Exit { pid: 11, tgid: 11, exit_code: 0, parent_tgid: Some(10) }),
+            ],
+            &mut fs,
+            &mut execs,
+            0,
+            &mut |e, _| out.push(e),
+        );
+        assert_eq!((c.vanished, c.vanished_with_path), (3, 3));
+        let p = |i: usize| out[i].process.clone().unwrap();
+        assert_eq!(p(0).executable.as_deref(), Some("/usr/bin/true"));
+        assert_eq!(p(0).resolved_executable.as_deref(), Some("/usr/bin/true"));
+        assert_eq!(p(0).name.as_deref(), Some("true"));
+        assert!(out[0].message.as_deref().unwrap().contains("from fanotify"));
+        assert_eq!(p(0).parent.unwrap().pid, Some(10));
+        // Two execs of 12, both gone: each gets its own record, in order.
+        assert_eq!(p(1).executable.as_deref(), Some("/tmp/first"));
+        assert_eq!(p(2).executable.as_deref(), Some("/tmp/second (deleted)"));
+        assert_eq!((p(2).fileless, p(2).fileless_reason.as_deref()), (Some(true), Some("deleted")));
+        assert_eq!(p(1).fileless, None);
+        // Alive: /proc wins, and a record for another file is not taken.
+        assert_eq!(p(3).executable.as_deref(), Some("/usr/bin/b"));
+        assert_eq!(execs.0[&13].len(), 1);
+        // The exit knows the program from the fanotify path.
+        assert_eq!(out[4].kind, EventKind::ProcessExit);
+        assert_eq!(p(4).executable.as_deref(), Some("/usr/bin/true"));
+    }
+
+    #[test]
+    fn container_and_cgroup_from_proc() {
+        let id = "a".repeat(64);
+        let mut fs = FakeProc::default();
+        let mut s = snap(&["x"], "/x", "/memfd:x (deleted)", 1);
+        s.cgroup = procfs::parse_cgroup(format!("0::/system.slice/docker-{id}.scope\n").as_bytes());
+        fs.procs.insert(5, s);
+        let mut t = Tracker::default();
+        let (evs, _) = run(&mut t, &mut fs, &[msg(0, 1, ConnEvent::Exec { pid: 5, tgid: 5 })]);
+        let c = evs[0].container.as_ref().unwrap();
+        assert_eq!((c.id.as_str(), c.runtime.as_deref()), (id.as_str(), Some("docker")));
+        let p = evs[0].process.as_ref().unwrap();
+        assert_eq!(p.cgroup.as_deref(), Some(format!("/system.slice/docker-{id}.scope").as_str()));
+        assert_eq!(p.fileless_reason.as_deref(), Some("memfd"));
     }
 
     #[test]

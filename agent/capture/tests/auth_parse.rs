@@ -89,7 +89,7 @@ fn dropbear_2022_lines_without_a_user_or_peer_are_handled() {
 
 fn event(line: &str) -> Event {
     match parse_line(line.as_bytes(), HINT()) {
-        ParseOutcome::Event(ev) => *ev,
+        ParseOutcome::Event(ev) => ev,
         other => panic!("no event for {line:?}: {other:?}"),
     }
 }
@@ -247,7 +247,7 @@ fn control_characters_and_invalid_utf8_in_names_are_replaced_never_a_panic() {
 
 fn event_bytes(line: &[u8]) -> Event {
     match parse_line(line, HINT()) {
-        ParseOutcome::Event(ev) => *ev,
+        ParseOutcome::Event(ev) => ev,
         other => panic!("no event: {other:?}"),
     }
 }

@@ -273,6 +273,9 @@ pub struct Event {
     pub network: Option<Network>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<User>,
+    /// ECS `container.*`: the container the process runs in, when it runs in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<Rule>,
     /// `agent.health` only.
@@ -304,6 +307,7 @@ impl Event {
             dns: None,
             network: None,
             user: None,
+            container: None,
             rule: None,
             health: None,
             gap: None,
@@ -312,8 +316,9 @@ impl Event {
     }
 
     /// An `alert` at the trigger's time, on the trigger's host, about what the trigger is about:
-    /// its `process`, `file`, `source`, `destination`, `network`, `user` and `dns` are copied, so
-    /// the alert stands on its own and policies and actions can read their targets from it.
+    /// its `process`, `file`, `source`, `destination`, `network`, `user`, `dns` and `container`
+    /// are copied, so the alert stands on its own and policies and actions can read their
+    /// targets from it.
     pub fn alert_on(trigger: &Event) -> Event {
         let mut ev = Event::new(EventKind::Alert, trigger.timestamp);
         ev.host = trigger.host.clone();
@@ -324,6 +329,7 @@ impl Event {
         ev.network = trigger.network.clone();
         ev.user = trigger.user.clone();
         ev.dns = trigger.dns.clone();
+        ev.container = trigger.container.clone();
         ev
     }
 
@@ -396,6 +402,21 @@ pub struct Process {
     /// process across PID reuse: containment checks it before a kill.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_ticks: Option<u64>,
+    /// ECS `process.hash.sha256`, of a program up to 64 MiB: the file execve opened (for a `#!`
+    /// script, the script) when fanotify saw the exec, else the file running (/proc/PID/exe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<FileHash>,
+    /// `true` when the program runs from no ordinary file: a memfd, a file deleted after (or
+    /// while) it was started, or a file under /dev/shm; `fileless_reason` says which. Absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fileless: Option<bool>,
+    /// `memfd`, `deleted` or `dev_shm`, with `fileless`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fileless_reason: Option<String>,
+    /// The process's cgroup (v2 path, e.g. `/system.slice/ssh.service`), when not the root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentProcess>,
 }
@@ -440,10 +461,21 @@ pub struct File {
     pub hash: Option<FileHash>,
 }
 
-/// ECS `file.hash.*`.
+/// ECS `file.hash.*` and `process.hash.*`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct FileHash {
     pub sha256: String,
+}
+
+/// ECS `container.*`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Container {
+    /// The 64-hex id docker, containerd, CRI-O and podman put in the cgroup path.
+    pub id: String,
+    /// Which runtime the cgroup path names: `docker`, `containerd`, `crio` or `podman`, when it
+    /// says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 /// ECS `source.*` / `destination.*`.

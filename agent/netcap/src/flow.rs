@@ -9,7 +9,8 @@
 //! [`FlowConfig::linger`], so the final ACKs still count towards it (tshark counts them too). A new
 //! SYN on a closed flow ends it at once and starts another (port reuse). Any flow ends when idle
 //! for its timeout, when the table is full and it is among the stalest eighth (counted in
-//! [`FlowStats::evicted`]), or when the capture ends ([`FlowTable::flush`]).
+//! [`FlowStats::evicted`]; a closed flow still lingering goes first and ends as closed, not
+//! counted), or when the capture ends ([`FlowTable::flush`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -98,7 +99,7 @@ pub struct FlowRecord {
 pub struct FlowStats {
     pub started: u64,
     pub ended: u64,
-    /// Flows ended early because the table was full.
+    /// Open flows ended early because the table was full.
     pub evicted: u64,
     pub active: u64,
 }
@@ -262,8 +263,10 @@ impl FlowTable {
     }
 
     fn evict_one(&mut self, emit: &mut impl FnMut(FlowRecord)) {
-        // Closed flows (only lingering for their last ACKs) go first, then the least recently seen.
-        let age = |f: &Flow| if f.closed.is_some() { i64::MIN } else { f.last_ns };
+        // Closed flows (only lingering for their last ACKs) go first, then the least recently seen;
+        // among closed flows too the least recently seen first, so a table full of them (a port
+        // scan) loses an eighth at a time, not all at once in one long burst of events.
+        let age = |f: &Flow| if f.closed.is_some() { f.last_ns.saturating_sub(1 << 62) } else { f.last_ns };
         self.ages.clear();
         self.ages.extend(self.flows.values().map(age));
         let n = (self.ages.len() / EVICT_FRACTION).max(1);
@@ -279,8 +282,15 @@ impl FlowTable {
         });
         victims.sort_by_key(|(_, f)| (f.first_ns, f.last_ns));
         for (k, f) in victims {
-            self.stats.evicted += 1;
-            self.end(&k, &f, EndReason::Evicted, emit);
+            match f.closed {
+                // Already over (FIN both ways or RST), only lingering for its last ACKs: it ends
+                // as what it was, and nothing is lost (a port scan is all such flows).
+                Some(why) => self.end(&k, &f, why, emit),
+                None => {
+                    self.stats.evicted += 1;
+                    self.end(&k, &f, EndReason::Evicted, emit);
+                }
+            }
         }
     }
 
@@ -410,6 +420,23 @@ mod tests {
         assert_eq!(evicted, (1008..1016).collect::<Vec<u16>>());
         assert_eq!(t.stats().evicted, 8);
         assert_eq!(t.stats().active, 57);
+    }
+
+    #[test]
+    fn a_closed_flow_pushed_out_of_a_full_table_ends_as_closed_and_is_not_counted() {
+        let mut t = FlowTable::new(FlowConfig { max_flows: 8, ..FlowConfig::default() });
+        let mut ends = Vec::new();
+        // A scan: SYN, RST for each port; every flow is closed and lingering.
+        for i in 0..20u16 {
+            let mut e = |r: FlowRecord| ends.extend(r.end);
+            t.packet(i64::from(i) * 2, &pkt("10.0.0.9", 40000, "10.0.0.1", 1 + i, S, 60), &mut e);
+            t.packet(i64::from(i) * 2 + 1, &pkt("10.0.0.1", 1 + i, "10.0.0.9", 40000, R | A, 40), &mut e);
+        }
+        assert_eq!(t.stats().evicted, 0);
+        // One at a time (an eighth of 8), the oldest first: never the whole table in one burst.
+        assert_eq!(ends.len(), 12);
+        assert_eq!(t.stats().active, 8);
+        assert!(ends.iter().all(|&e| e == EndReason::Rst), "{ends:?}");
     }
 
     #[test]

@@ -34,12 +34,15 @@ use std::net::IpAddr;
 
 use picket_event::{Dns, DnsQuestion, Endpoint, Event, EventKind, Network, Timestamp, severity};
 
+#[cfg(feature = "pcap")]
+pub mod attribute;
 pub mod decode;
 pub mod dns;
 pub mod flow;
 #[cfg(feature = "pcap")]
 pub mod live;
 pub mod pcapfile;
+pub mod procnet;
 
 use decode::{Decoded, Packet, proto, tcp_flag};
 use flow::{FlowConfig, FlowRecord, FlowTable};
@@ -84,7 +87,7 @@ pub struct NetStats {
     pub dns_malformed: u64,
     pub flows_started: u64,
     pub flows_ended: u64,
-    /// Flows ended early because the table was full.
+    /// Open flows ended early because the table was full.
     pub flows_evicted: u64,
     pub flows_active: u64,
 }

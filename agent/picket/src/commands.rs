@@ -208,6 +208,12 @@ pub fn status(data_dir: &Path) -> anyhow::Result<ExitCode> {
             println!("  {reason:<24} {n}");
         }
     }
+    if !st.budgets.is_empty() {
+        println!("budgets:");
+        for (what, n) in &st.budgets {
+            println!("  {what:<28} {n}");
+        }
+    }
     if !h.detections.is_empty() {
         println!("detections:");
         for (what, n) in &h.detections {

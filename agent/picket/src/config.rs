@@ -102,6 +102,7 @@ struct AgentConfig {
     device_id: String,
     health_interval_secs: i128,
     status_interval_secs: i128,
+    queue_events: i128,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +110,7 @@ struct AgentConfig {
 struct PoliciesConfig {
     paths: Vec<String>,
     sigma_min_level: String,
+    max_groups_per_rule: i128,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +126,7 @@ struct SourcesConfig {
 #[serde(deny_unknown_fields)]
 struct ProcessSourceConfig {
     enabled: bool,
+    poll_interval_secs: i128,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +145,8 @@ struct FileSourceConfig {
 struct AuthSourceConfig {
     enabled: bool,
     files: Vec<String>,
+    journald: String,
+    journal_dir: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +158,7 @@ struct NetworkSourceConfig {
     snaplen: i128,
     buffer_bytes: i128,
     max_flows: i128,
+    attribute_processes: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -249,6 +255,9 @@ pub struct AgentSettings {
     pub health_interval: Duration,
     /// Period of the live view's status line and the status file.
     pub status_interval: Duration,
+    /// Capacity of the queue from the sources into the pipeline, in events (load shedding starts
+    /// at half of it).
+    pub queue_events: usize,
 }
 
 /// Whether decided actions are carried out.
@@ -283,6 +292,8 @@ pub struct PoliciesSettings {
     pub paths: Vec<PathBuf>,
     /// Sigma rules at or above this level raise alerts; lower ones are only counted.
     pub sigma_min_level: SigmaLevel,
+    /// Groups (distinct `by` keys) one windowed or sequence rule tracks at once.
+    pub max_groups_per_rule: usize,
 }
 
 /// Sigma's rule levels, in order (`policies.sigma_min_level`).
@@ -321,6 +332,8 @@ pub struct SourcesSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessSourceSettings {
     pub enabled: bool,
+    /// Without the process connector, /proc is polled this often; `None`: no fallback.
+    pub poll_interval: Option<Duration>,
 }
 
 /// `[sources.file]`
@@ -345,6 +358,10 @@ pub struct AuthSourceSettings {
     pub enabled: bool,
     /// Auth logs to follow.
     pub files: Vec<PathBuf>,
+    /// When the systemd journal is read instead of the files.
+    pub journald: picket_capture::auth::Journald,
+    /// `journalctl -D`; `None`: the system journal.
+    pub journal_dir: Option<PathBuf>,
 }
 
 /// `[sources.network]`
@@ -361,6 +378,8 @@ pub struct NetworkSourceSettings {
     pub buffer_bytes: u32,
     /// Flows tracked at once; past it the least recently seen are ended early (counted).
     pub max_flows: u32,
+    /// Put the local process (socket inode → pid through /proc) on flows with a local end.
+    pub attribute_processes: bool,
 }
 
 /// `[containment]`
@@ -970,8 +989,11 @@ impl Check<'_, '_> {
         }
         let health_interval = self.interval("agent.health_interval_secs", agent.health_interval_secs);
         let status_interval = self.interval("agent.status_interval_secs", agent.status_interval_secs);
+        let queue_events = self.int_in("agent.queue_events", agent.queue_events, 64, 65536);
 
         let policy_paths = self.paths("policies.paths", &policies.paths);
+        let max_groups_per_rule =
+            self.int_in("policies.max_groups_per_rule", policies.max_groups_per_rule, 16, 1 << 20);
         let sigma_min_level = SigmaLevel::parse(&policies.sigma_min_level).or_else(|| {
             let allowed: Vec<String> = SigmaLevel::NAMES.iter().map(|n| format!("\"{n}\"")).collect();
             self.error(
@@ -992,7 +1014,28 @@ impl Check<'_, '_> {
             self.int_in("sources.file.hash_max_bytes", sources.file.hash_max_bytes, 0, 1 << 32);
         let scan_interval_secs =
             self.int_in("sources.file.scan_interval_secs", sources.file.scan_interval_secs, 1, 86_400);
+        let poll_interval_secs =
+            self.int_in("sources.process.poll_interval_secs", sources.process.poll_interval_secs, 0, 3600);
         let auth_files = self.paths("sources.auth.files", &sources.auth.files);
+        let journald = picket_capture::auth::Journald::parse(&sources.auth.journald).or_else(|| {
+            let allowed: Vec<String> =
+                picket_capture::auth::Journald::NAMES.iter().map(|n| format!("\"{n}\"")).collect();
+            self.error(
+                "sources.auth.journald",
+                None,
+                format!(
+                    "invalid value {}; allowed values: {}",
+                    quote(&sources.auth.journald),
+                    allowed.join(", ")
+                ),
+            );
+            None
+        });
+        let journal_dir = if sources.auth.journal_dir.is_empty() {
+            Some(None)
+        } else {
+            self.path("sources.auth.journal_dir", None, &sources.auth.journal_dir).map(Some)
+        };
         let interface = &sources.network.interface;
         if interface.is_empty()
             || interface.len() > MAX_INTERFACE
@@ -1127,10 +1170,18 @@ impl Check<'_, '_> {
                 device_id: agent.device_id,
                 health_interval: health_interval?,
                 status_interval: status_interval?,
+                queue_events: usize::try_from(queue_events?).unwrap_or(usize::MAX),
             },
-            policies: PoliciesSettings { paths: policy_paths?, sigma_min_level: sigma_min_level? },
+            policies: PoliciesSettings {
+                paths: policy_paths?,
+                sigma_min_level: sigma_min_level?,
+                max_groups_per_rule: usize::try_from(max_groups_per_rule?).unwrap_or(usize::MAX),
+            },
             sources: SourcesSettings {
-                process: ProcessSourceSettings { enabled: sources.process.enabled },
+                process: ProcessSourceSettings {
+                    enabled: sources.process.enabled,
+                    poll_interval: Some(Duration::from_secs(poll_interval_secs?)).filter(|d| !d.is_zero()),
+                },
                 file: FileSourceSettings {
                     enabled: sources.file.enabled,
                     paths: file_paths?,
@@ -1139,7 +1190,12 @@ impl Check<'_, '_> {
                     hash_max_bytes: hash_max_bytes?,
                     scan_interval: Duration::from_secs(scan_interval_secs?),
                 },
-                auth: AuthSourceSettings { enabled: sources.auth.enabled, files: auth_files? },
+                auth: AuthSourceSettings {
+                    enabled: sources.auth.enabled,
+                    files: auth_files?,
+                    journald: journald?,
+                    journal_dir: journal_dir?,
+                },
                 network: NetworkSourceSettings {
                     enabled: sources.network.enabled,
                     interface: interface.clone(),
@@ -1147,6 +1203,7 @@ impl Check<'_, '_> {
                     snaplen: u32::try_from(snaplen?).unwrap_or(u32::MAX),
                     buffer_bytes: u32::try_from(buffer_bytes?).unwrap_or(u32::MAX),
                     max_flows: u32::try_from(max_flows?).unwrap_or(u32::MAX),
+                    attribute_processes: sources.network.attribute_processes,
                 },
             },
             containment: ContainmentSettings {
@@ -1604,6 +1661,7 @@ mod tests {
         assert_eq!(s.agent.status_interval, Duration::from_secs(5));
         assert_eq!(s.policies.paths, vec![PathBuf::from("policies")]);
         assert!(s.sources.process.enabled);
+        assert_eq!(s.sources.process.poll_interval, Some(Duration::from_secs(2)));
         assert!(s.sources.file.enabled);
         assert_eq!(s.sources.file.paths, vec![PathBuf::from("./picket-data/watch")]);
         assert!(s.sources.file.include.is_empty() && s.sources.file.exclude.is_empty());
@@ -1616,6 +1674,7 @@ mod tests {
         );
         assert!(!s.sources.network.enabled);
         assert_eq!(s.sources.network.interface, "any");
+        assert!(s.sources.network.attribute_processes);
         assert!(s.containment.protected_cidrs.is_empty());
         assert_eq!(s.containment.protected_process_names, ["init", "systemd", "sshd", "dropbear", "picket"]);
         assert!(s.containment.protected_paths.contains(&PathBuf::from("/usr/bin")));
@@ -1786,7 +1845,7 @@ max_bytes = \"big\"
                 "test.toml:2: agent.datadir: unknown key; did you mean `agent.data_dir`?",
                 "test.toml:3: agent.max_bytes: unknown key here; did you mean `journal.max_bytes`?",
                 "test.toml:4: agnet: unknown key; did you mean `agent`?",
-                "test.toml:6: policies.foo: unknown key; valid keys here: `paths`, `sigma_min_level`",
+                "test.toml:6: policies.foo: unknown key; valid keys here: `max_groups_per_rule`, `paths`, `sigma_min_level`",
             ]
         );
     }
@@ -1833,6 +1892,25 @@ max_bytes = \"big\"
         assert_eq!((huge[0].line, huge[0].key.as_str()), (Some(2), "journal.max_bytes"));
         let big = errors("[journal]\nmax_bytes = 18446744073709551616\n");
         assert!(big[0].message.starts_with("must be at most 18446744073709551615"), "{}", big[0]);
+    }
+
+    #[test]
+    fn auth_journald_takes_auto_on_off_and_a_journal_dir() {
+        let s =
+            load_str("[sources.auth]\njournald = \"on\"\njournal_dir = \"/var/log/j\"\n", "t.toml").unwrap();
+        assert_eq!(s.sources.auth.journald, picket_capture::auth::Journald::On);
+        assert_eq!(s.sources.auth.journal_dir, Some(PathBuf::from("/var/log/j")));
+        let d = load_str("", "t.toml").unwrap();
+        assert_eq!(d.sources.auth.journald, picket_capture::auth::Journald::Auto);
+        assert_eq!(d.sources.auth.journal_dir, None);
+        let e: Vec<String> =
+            errors("[sources.auth]\njournald = \"yes\"\n").iter().map(ToString::to_string).collect();
+        assert_eq!(
+            e,
+            vec![
+                "test.toml:2: sources.auth.journald: invalid value \"yes\"; allowed values: \"auto\", \"on\", \"off\""
+            ]
+        );
     }
 
     #[test]

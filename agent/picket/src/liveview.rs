@@ -14,7 +14,7 @@ use picket_capture::{Drops, Shutdown, SourceStatus};
 use picket_event::{Event, EventKind, Retention, Timestamp, severity};
 use tokio::sync::mpsc;
 
-use crate::runtime::{JournalCounters, SOURCE_QUEUE, queue_depth};
+use crate::runtime::{JournalCounters, queue_depth};
 
 /// Routine event lines per second before the view summarises instead.
 pub const ROUTINE_LINES_PER_SEC: u32 = 20;
@@ -22,14 +22,17 @@ pub const ROUTINE_LINES_PER_SEC: u32 = 20;
 static SKIPPED: AtomicU64 = AtomicU64::new(0);
 
 /// Hand a journaled event to the view without waiting (called by the journal thread).
-pub fn offer(live: &mpsc::Sender<Event>, ev: Event) {
-    if live.try_send(ev).is_err() {
+pub fn offer(live: &mpsc::Sender<Box<Event>>, ev: Box<Event>) {
+    // Past half the queue, routine events (mostly summed up on screen anyway) leave the room to
+    // alerts and actions, which a commit of hundreds of routine events could otherwise crowd out.
+    let crowded = ev.kind.retention() == Retention::Routine && live.capacity() * 2 < live.max_capacity();
+    if crowded || live.try_send(ev).is_err() {
         SKIPPED.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 pub async fn run(
-    mut rx: mpsc::Receiver<Event>,
+    mut rx: mpsc::Receiver<Box<Event>>,
     status_interval: Duration,
     counters: Arc<JournalCounters>,
     drops: Drops,
@@ -43,6 +46,8 @@ pub async fn run(
     let mut unshown = 0u64;
     let mut known_sources: BTreeMap<String, String> = BTreeMap::new();
     let mut stopping = false;
+    // Read now: at shutdown the queue is gone.
+    let queue_cap = source_depth.upgrade().map_or(0, |tx| tx.max_capacity());
     loop {
         tokio::select! {
             ev = rx.recv() => {
@@ -65,7 +70,7 @@ pub async fn run(
                 report_source_changes(&sources, &mut known_sources);
             }
             _ = tick.tick() => {
-                println!("{}", status_line(&counters, &drops, &sources, &source_depth));
+                println!("{}", status_line(&counters, &drops, &sources, &source_depth, queue_cap));
             }
             _ = shutdown.wait(), if !stopping => {
                 stopping = true;
@@ -73,7 +78,7 @@ pub async fn run(
         }
     }
     report_source_changes(&sources, &mut known_sources);
-    println!("{}", status_line(&counters, &drops, &sources, &source_depth));
+    println!("{}", status_line(&counters, &drops, &sources, &source_depth, queue_cap));
 }
 
 fn report_source_changes(sources: &SourceStatus, known: &mut BTreeMap<String, String>) {
@@ -90,6 +95,7 @@ fn status_line(
     drops: &Drops,
     sources: &SourceStatus,
     source_depth: &mpsc::WeakSender<Event>,
+    queue_cap: usize,
 ) -> String {
     let skipped = SKIPPED.swap(0, Ordering::Relaxed);
     let running: Vec<String> =
@@ -101,7 +107,7 @@ fn status_line(
         counters.last_seq.load(Ordering::Relaxed),
         drops.total(),
         queue_depth(source_depth),
-        SOURCE_QUEUE,
+        queue_cap,
         if running.is_empty() { "none".to_string() } else { running.join(", ") },
     );
     if skipped > 0 {

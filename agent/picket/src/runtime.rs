@@ -2,8 +2,8 @@
 //! view together with bounded queues, and shuts them down in order.
 //!
 //! ```text
-//! sources ──(SOURCE_QUEUE)──> pipeline ──(JOURNAL_QUEUE)──> journal thread ──(LIVE_QUEUE)──> live view
-//!   drop + count when full     host.id, policy,    waits       group commit      drop + count
+//! sources ──(agent.queue_events)──> pipeline ──(JOURNAL_QUEUE)──> journal thread ──(LIVE_QUEUE)──> live view
+//!   shed/drop + count          host.id, policy,    waits       group commit      drop + count
 //!                              actions (block inline; slower ones ──> containment worker ──> journal)
 //! health ──────────────────────────────────────────> journal (agent.health) ; status.json
 //! uplink <── wake (last seq) ── journal thread ;  uplink ── own journal connection: outbox ──> MQTT
@@ -43,19 +43,30 @@ use crate::config::{self, Settings, UplinkAck};
 use crate::health::{ProcSampler, StatusFile};
 use crate::{device, liveview, policy};
 
-/// Events from all sources waiting for the pipeline. Sources never wait: when this is full the
-/// event is dropped and counted (`<source>.queue_full`). 4096 × ~1 KiB worst case stays well
-/// inside the 16 MB memory budget and absorbs bursts of several seconds at 1,000 events/s.
-pub const SOURCE_QUEUE: usize = 4096;
 /// Events waiting for the journal writer. The pipeline waits here (the journal is the source of
-/// truth, so nothing after the source queues is dropped); backpressure reaches the sources.
-pub const JOURNAL_QUEUE: usize = 2048;
-/// The most events committed in one transaction.
-pub const JOURNAL_BATCH_MAX: usize = 1024;
+/// truth, so nothing after the source queues is dropped); backpressure reaches the sources. Each
+/// waiting event is ~2 KB on the heap: 512 of them bound this queue to ~1 MB.
+pub const JOURNAL_QUEUE: usize = 512;
+/// The most events committed in one transaction (and held by the journal thread at once).
+pub const JOURNAL_BATCH_MAX: usize = 512;
+/// How long a routine event may wait in the journal queue before it is committed. The journal
+/// thread sleeps this long between commits unless woken: by an alert, action or gap (committed at
+/// once, [`JournalTx::send`]), a stats request, or a queue half full. At 1,000 events/s that is
+/// ~10 commits a second of ~100 events instead of one commit (and two thread wake-ups) per event.
+/// What waits here was never committed, so a crash loses no committed event; the queue itself was
+/// always lost to a crash.
+pub const JOURNAL_LINGER: Duration = Duration::from_millis(100);
 /// Journaled events waiting to be shown by the live view; the view skips (and says so) when full.
-pub const LIVE_QUEUE: usize = 1024;
+/// The view keeps up unless stdout blocks; then this bounds what it holds (~0.5 MB).
+pub const LIVE_QUEUE: usize = 256;
+/// What SQLite may hold in the whole process (the journal's writer and the uplink's reader, the
+/// file baseline, the containment state), mostly page cache: a soft limit, past which SQLite
+/// recycles cache pages rather than allocate (picket_journal::limit_sqlite_memory).
+pub const SQLITE_MEMORY_LIMIT: u64 = 3 * 1024 * 1024;
 /// Where the auth source keeps its place in each log, in the data dir.
 pub const AUTH_OFFSETS_FILE: &str = "auth-offsets.json";
+/// Where the auth source keeps its place in the systemd journal (`sources.auth.journald`).
+pub const AUTH_JOURNAL_CURSOR_FILE: &str = "auth-journal.cursor";
 /// SIGTERM to exit.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -80,6 +91,57 @@ enum JournalCmd {
     /// An alert on the last [`JournalCmd::Trigger`]: its seq goes into `event.trigger_seq`.
     Alert(Box<Event>),
     Stats(oneshot::Sender<Result<JournalStats, String>>),
+}
+
+impl JournalCmd {
+    /// Commit without waiting for [`JOURNAL_LINGER`]: alerts, actions and gaps (whatever the
+    /// uplink sends first, and the record of what containment did), and stats requests.
+    fn urgent(&self) -> bool {
+        match self {
+            JournalCmd::Append(ev) | JournalCmd::Trigger { ev, .. } | JournalCmd::Alert(ev) => {
+                ev.kind.retention() == picket_event::Retention::Keep
+            }
+            JournalCmd::Stats(_) => true,
+        }
+    }
+}
+
+/// The way into the journal thread: its bounded queue, and a wake-up for what should not wait
+/// for the linger (see [`JOURNAL_LINGER`]).
+#[derive(Clone, Debug)]
+struct JournalTx {
+    tx: mpsc::Sender<JournalCmd>,
+    thread: thread::Thread,
+}
+
+impl JournalTx {
+    /// Queue `cmd`, waiting while the queue is full (backpressure); wake the journal thread for an
+    /// urgent command or a queue half full. Err: the journal is gone (shutting down).
+    async fn send(&self, cmd: JournalCmd) -> Result<(), ()> {
+        let urgent = cmd.urgent();
+        self.tx.send(cmd).await.map_err(|_| ())?;
+        self.wake_if(urgent);
+        Ok(())
+    }
+
+    /// [`JournalTx::send`] from a plain thread.
+    fn blocking_send(&self, cmd: JournalCmd) -> Result<(), ()> {
+        let urgent = cmd.urgent();
+        self.tx.blocking_send(cmd).map_err(|_| ())?;
+        self.wake_if(urgent);
+        Ok(())
+    }
+
+    fn wake_if(&self, urgent: bool) {
+        if urgent || self.tx.capacity() <= JOURNAL_QUEUE / 2 {
+            self.thread.unpark();
+        }
+    }
+
+    /// Commands waiting.
+    fn depth(&self) -> u64 {
+        u64::try_from(JOURNAL_QUEUE - self.tx.capacity()).unwrap_or(0)
+    }
 }
 
 pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -162,6 +224,7 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    picket_journal::limit_sqlite_memory(SQLITE_MEMORY_LIMIT);
     let journal = Journal::open(
         &settings.journal_path(),
         JournalOptions { max_bytes: settings.journal.max_bytes, host_id: device_id.clone() },
@@ -194,9 +257,13 @@ async fn agent(
     counters.last_seq.store(journal.last_seq(), Ordering::Relaxed);
     let (trigger, shutdown) = shutdown_pair();
 
-    let (source_tx, source_rx) = mpsc::channel::<Event>(SOURCE_QUEUE);
+    // Events from all sources waiting for the pipeline (`agent.queue_events`). Sources never
+    // wait: past half of it routine events are shed, when full anything is dropped, and all of it
+    // is counted (picket_capture::ShedClass). An `Event` is ~1.8 KB in a slot, so the default
+    // 1,024 holds ~1 s of 1,000 events/s in under 2 MB.
+    let (source_tx, source_rx) = mpsc::channel::<Event>(settings.agent.queue_events);
     let (journal_tx, journal_rx) = mpsc::channel::<JournalCmd>(JOURNAL_QUEUE);
-    let (live_tx, live_rx) = mpsc::channel::<Event>(LIVE_QUEUE);
+    let (live_tx, live_rx) = mpsc::channel::<Box<Event>>(LIVE_QUEUE);
     counters.appended.send_replace(journal.last_seq());
     let uplink_status: Option<SharedStatus> = identity.as_ref().map(|_| SharedStatus::default());
     let uplink = identity.map(|(identity, ack)| {
@@ -224,9 +291,10 @@ async fn agent(
         let drops = drops.clone();
         thread::Builder::new()
             .name("journal".into())
-            .spawn(move || journal_writer(journal, journal_rx, live_tx, &counters, &drops))
+            .spawn(move || journal_writer(journal, journal_rx, live_tx, &counters, &drops, JOURNAL_LINGER))
             .context("starting the journal thread")?
     };
+    let journal_tx = JournalTx { tx: journal_tx, thread: journal_thread.thread().clone() };
 
     let contain = start_containment(&settings, &device_id, &journal_tx).await?;
 
@@ -234,7 +302,10 @@ async fn agent(
     let source_depth = source_tx.downgrade();
     drop(source_tx);
 
-    let mut engine = Engine::new(Arc::new(policies), StateLimits::default());
+    let policy_limits =
+        StateLimits { max_groups_per_rule: settings.policies.max_groups_per_rule, ..StateLimits::default() };
+    let policy_groups = Arc::new(PolicyUse::default());
+    let mut engine = Engine::new(Arc::new(policies), policy_limits);
     if let Some(state) = policy::load_state(&settings.agent.data_dir) {
         engine.restore(state);
     }
@@ -264,6 +335,7 @@ async fn agent(
             drops: drops.clone(),
             sigma,
             detections: detections.clone(),
+            policy_groups: policy_groups.clone(),
         },
     ));
     let live = tokio::spawn(liveview::run(
@@ -286,6 +358,8 @@ async fn agent(
         uplink: uplink_status,
         detections,
         shutdown: shutdown.clone(),
+        policy_limits,
+        policy_groups,
     }));
 
     wait_for_signal().await;
@@ -298,6 +372,8 @@ async fn agent(
             let _ = u.await;
         }
         let last_status = health.await.ok().flatten();
+        // Its queue is closed now: wake it rather than let it sleep out the linger.
+        journal_thread.thread().unpark();
         let _ = tokio::task::spawn_blocking(move || journal_thread.join()).await;
         let _ = live.await;
         last_status
@@ -379,7 +455,7 @@ fn containment_options(settings: &Settings, device_id: &str) -> actuator::Option
 async fn start_containment(
     settings: &Settings,
     device_id: &str,
-    journal: &mpsc::Sender<JournalCmd>,
+    journal: &JournalTx,
 ) -> anyhow::Result<Containment> {
     let backend = Arc::new(HostBackend::new(NetOptions::default()));
     let mut contain = Containment::open(
@@ -397,10 +473,11 @@ async fn start_containment(
         let _ = journal.send(JournalCmd::Append(Box::new(ev))).await;
     }
     // A weak sender: a worker stuck in a slow action must not keep the journal open at shutdown.
-    let weak = journal.downgrade();
+    let (weak, journal_thread) = (journal.tx.downgrade(), journal.thread.clone());
     contain
         .start_worker(Box::new(move |ev| {
             if let Some(tx) = weak.upgrade() {
+                let tx = JournalTx { tx, thread: journal_thread.clone() };
                 let _ = tx.blocking_send(JournalCmd::Append(Box::new(ev)));
             }
         }))
@@ -471,7 +548,12 @@ fn spawn_sources(
         status.set(FileSource::NAME, "disabled");
     }
     if s.auth.enabled {
-        let src = AuthSource::new(s.auth.files.clone(), settings.agent.data_dir.join(AUTH_OFFSETS_FILE));
+        let src = AuthSource::new(s.auth.files.clone(), settings.agent.data_dir.join(AUTH_OFFSETS_FILE))
+            .with_journal(
+                s.auth.journald,
+                s.auth.journal_dir.clone(),
+                settings.agent.data_dir.join(AUTH_JOURNAL_CURSOR_FILE),
+            );
         let out = EventTx::new(AuthSource::NAME, tx.clone(), drops.clone());
         spawn_source(AuthSource::NAME, status, src.run(out, status.clone(), shutdown.clone()));
     } else {
@@ -482,7 +564,11 @@ fn spawn_sources(
         spawn_source(
             ProcessSource::NAME,
             status,
-            ProcessSource::new().run(out, status.clone(), shutdown.clone()),
+            ProcessSource::new().with_poll_interval(s.process.poll_interval).run(
+                out,
+                status.clone(),
+                shutdown.clone(),
+            ),
         );
     } else {
         status.set(ProcessSource::NAME, "disabled");
@@ -513,6 +599,7 @@ fn spawn_network(
         ..LiveConfig::default()
     };
     cfg.decoder.flows.max_flows = n.max_flows as usize;
+    cfg.attribute_processes = n.attribute_processes;
     let out = EventTx::new(live::SOURCE, tx.clone(), drops.clone());
     let (st, sd) = (status.clone(), shutdown.clone());
     let run = async move {
@@ -562,6 +649,7 @@ struct Pipeline {
     drops: Drops,
     sigma: Sigma,
     detections: Detections,
+    policy_groups: Arc<PolicyUse>,
 }
 
 /// Detection counters (`sigma.alerts.high`, `sigma.below_level.low`, ...), copied from the
@@ -579,6 +667,23 @@ impl Detections {
     }
 }
 
+/// What the policy engine's windows hold, copied by the pipeline once a second for the status
+/// file: groups across all rules, and groups dropped at `policies.max_groups_per_rule`.
+#[derive(Debug, Default)]
+struct PolicyUse {
+    groups: AtomicU64,
+    evicted: AtomicU64,
+}
+
+impl PolicyUse {
+    fn update(&self, engine: &Engine) {
+        let stats = engine.stats();
+        let evicted: u64 = stats.per_rule.iter().map(|r| r.evicted_groups).sum();
+        self.groups.store(u64::try_from(stats.state_entries).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.evicted.store(evicted, Ordering::Relaxed);
+    }
+}
+
 /// How often TTLs are checked and outside changes to the containment state picked up.
 const CONTAIN_TICK: Duration = Duration::from_secs(1);
 
@@ -593,7 +698,7 @@ const STATE_SAVE_INTERVAL: Duration = Duration::from_secs(10);
 /// slower actions on the containment worker, which journals their outcome). Then each Sigma alert
 /// the event raised, which picket's policies evaluate in turn (`on: alert`), with their alerts and
 /// actions. Policy alerts are not evaluated again.
-async fn pipeline(mut rx: mpsc::Receiver<Event>, journal: mpsc::Sender<JournalCmd>, mut p: Pipeline) {
+async fn pipeline(mut rx: mpsc::Receiver<Event>, journal: JournalTx, mut p: Pipeline) {
     let mut decisions = Vec::new();
     let mut sigma_alerts = Vec::new();
     let mut save = tokio::time::interval(STATE_SAVE_INTERVAL);
@@ -622,6 +727,7 @@ async fn pipeline(mut rx: mpsc::Receiver<Event>, journal: mpsc::Sender<JournalCm
                     }
                 }
                 p.detections.set(p.sigma.counters());
+                p.policy_groups.update(&p.engine);
             }
             Some((set, sigma)) = p.reload.recv() => {
                 let n = set.len();
@@ -653,7 +759,7 @@ async fn pipeline(mut rx: mpsc::Receiver<Event>, journal: mpsc::Sender<JournalCm
 /// journaled just before. Err: the journal is gone (shutting down).
 async fn decide(
     p: &mut Pipeline,
-    journal: &mpsc::Sender<JournalCmd>,
+    journal: &JournalTx,
     ev: Event,
     is_alert: bool,
     decisions: &mut Vec<Decision>,
@@ -675,7 +781,7 @@ async fn decide(
         let prepared: Vec<Prepared> = d.actions.iter().map(|a| p.contain.prepare(a, &ctx)).collect();
         alerts.push((alert_for(&d, &ev, mode, &prepared), prepared));
     }
-    let send = |cmd| async { journal.send(cmd).await.map_err(|_| ()) };
+    let send = |cmd| journal.send(cmd);
     send(JournalCmd::Trigger { ev: Box::new(ev), alert: is_alert }).await?;
     for (alert, prepared) in alerts {
         send(JournalCmd::Alert(Box::new(alert))).await?;
@@ -818,44 +924,58 @@ fn display_paths(paths: &[PathBuf]) -> String {
     paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
-/// Owns the journal. Takes whatever is queued (up to [`JOURNAL_BATCH_MAX`]) and commits it as one
-/// transaction: at low rates every event commits at once, under load commits grow (group commit).
+/// Owns the journal. Wakes every `linger` ([`JOURNAL_LINGER`]) or when [`JournalTx`] wakes it, takes
+/// whatever is queued and commits it, up to [`JOURNAL_BATCH_MAX`] events per transaction: at low
+/// rates a commit every linger at most, under load bigger commits (group commit), and an alert,
+/// action or gap at once. Between wakes it does nothing: queueing an event costs the pipeline no
+/// wake-up of this thread.
 fn journal_writer(
     mut journal: Journal,
     mut rx: mpsc::Receiver<JournalCmd>,
-    live: mpsc::Sender<Event>,
+    live: mpsc::Sender<Box<Event>>,
     counters: &JournalCounters,
     drops: &Drops,
+    linger: Duration,
 ) {
+    use tokio::sync::mpsc::error::TryRecvError;
     let mut batch = Batch::default();
-    while let Some(cmd) = rx.blocking_recv() {
-        let mut next = Some(cmd);
-        while let Some(cmd) = next.take() {
+    loop {
+        let closed = loop {
+            let cmd = match rx.try_recv() {
+                Ok(cmd) => cmd,
+                Err(TryRecvError::Empty) => break false,
+                Err(TryRecvError::Disconnected) => break true,
+            };
             match cmd {
-                JournalCmd::Append(ev) => batch.events.push(*ev),
+                JournalCmd::Append(ev) => batch.events.push(ev),
                 JournalCmd::Trigger { ev, alert } => {
                     if alert {
                         batch.link_to_trigger();
                     }
                     batch.trigger = Trigger::InBatch(batch.events.len());
-                    batch.events.push(*ev);
+                    batch.events.push(ev);
                 }
                 JournalCmd::Alert(ev) => {
                     batch.link_to_trigger();
-                    batch.events.push(*ev);
+                    batch.events.push(ev);
                 }
                 JournalCmd::Stats(reply) => {
                     commit(&mut journal, &mut batch, &live, counters, drops);
                     let _ = reply.send(journal.summary().map_err(|e| e.to_string()));
                 }
             }
-            if batch.events.len() < JOURNAL_BATCH_MAX {
-                next = rx.try_recv().ok();
+            if batch.events.len() >= JOURNAL_BATCH_MAX {
+                commit(&mut journal, &mut batch, &live, counters, drops);
             }
-        }
+        };
         commit(&mut journal, &mut batch, &live, counters, drops);
+        if closed {
+            return;
+        }
+        // Unparked early by JournalTx (an unpark before this call makes it return at once, so no
+        // wake-up is lost); spurious returns only mean an early look at the queue.
+        thread::park_timeout(linger);
     }
-    commit(&mut journal, &mut batch, &live, counters, drops);
 }
 
 /// Where the last trigger (the event alerts point at) is.
@@ -871,7 +991,10 @@ enum Trigger {
 /// Events waiting for one commit, and which of them are alerts on which trigger.
 #[derive(Debug, Default)]
 struct Batch {
-    events: Vec<Event>,
+    /// Boxed: an `Event` is ~1.8 KB inline, and the vector keeps the capacity of the biggest
+    /// batch it ever held (the events come boxed from the queue and go boxed to the live view).
+    #[allow(clippy::vec_box)]
+    events: Vec<Box<Event>>,
     trigger: Trigger,
     /// (index of an alert, its trigger).
     links: Vec<(usize, Trigger)>,
@@ -911,7 +1034,7 @@ impl Batch {
 fn commit(
     journal: &mut Journal,
     pending: &mut Batch,
-    live: &mpsc::Sender<Event>,
+    live: &mpsc::Sender<Box<Event>>,
     counters: &JournalCounters,
     drops: &Drops,
 ) {
@@ -925,19 +1048,20 @@ fn commit(
 }
 
 /// Append `batch` (emptied either way); false if it could not be written.
+#[allow(clippy::vec_box)] // see Batch::events
 fn commit_events(
     journal: &mut Journal,
-    batch: &mut Vec<Event>,
-    live: &mpsc::Sender<Event>,
+    batch: &mut Vec<Box<Event>>,
+    live: &mpsc::Sender<Box<Event>>,
     counters: &JournalCounters,
     drops: &Drops,
 ) -> bool {
     // One retry: a transient failure (disk briefly full, a reader holding a lock) should not cost
     // events. What still fails is counted as dropped and shown in health and status.
-    let mut result = journal.append(batch);
+    let mut result = journal.append_boxed(batch);
     if result.is_err() {
         thread::sleep(Duration::from_millis(50));
-        result = journal.append(batch);
+        result = journal.append_boxed(batch);
     }
     match result {
         Ok(appended) => {
@@ -945,7 +1069,7 @@ fn commit_events(
             counters.journaled.fetch_add(n, Ordering::Relaxed);
             counters.last_seq.store(journal.last_seq(), Ordering::Relaxed);
             counters.appended.send_replace(journal.last_seq());
-            for ev in batch.drain(..).chain(appended.gaps) {
+            for ev in batch.drain(..).chain(appended.gaps.into_iter().map(Box::new)) {
                 if ev.kind != EventKind::AgentHealth {
                     liveview::offer(live, ev);
                 }
@@ -968,13 +1092,16 @@ struct HealthCtx {
     settings: Settings,
     device_id: String,
     started: Timestamp,
-    journal_tx: mpsc::Sender<JournalCmd>,
+    journal_tx: JournalTx,
     drops: Drops,
     sources: SourceStatus,
     source_depth: mpsc::WeakSender<Event>,
     uplink: Option<SharedStatus>,
     detections: Detections,
     shutdown: Shutdown,
+    policy_limits: StateLimits,
+    /// Groups the policy engine holds across its rules, copied by the pipeline once a second.
+    policy_groups: Arc<PolicyUse>,
 }
 
 /// Every `status_interval`: a fresh status file for `picket status`; every `health_interval`
@@ -1005,6 +1132,7 @@ async fn health_loop(mut ctx: HealthCtx) -> Option<StatusFile> {
             }
             Err(_) => return last,
         };
+        crate::health::release_free_memory();
         let (rss, cpu) = sampler.sample();
         let health = Health {
             pid: std::process::id(),
@@ -1013,10 +1141,7 @@ async fn health_loop(mut ctx: HealthCtx) -> Option<StatusFile> {
             cpu_percent: cpu,
             queue_depths: [
                 ("sources".to_string(), queue_depth(&ctx.source_depth)),
-                (
-                    "journal".to_string(),
-                    u64::try_from(JOURNAL_QUEUE - ctx.journal_tx.capacity()).unwrap_or(0),
-                ),
+                ("journal".to_string(), ctx.journal_tx.depth()),
             ]
             .into(),
             drops: ctx.drops.snapshot(),
@@ -1056,12 +1181,34 @@ async fn health_loop(mut ctx: HealthCtx) -> Option<StatusFile> {
             status_interval_secs: ctx.settings.agent.status_interval.as_secs(),
             health,
             uplink: ctx.uplink.as_ref().and_then(|u| u.lock().ok().map(|s| s.clone())),
+            budgets: budgets(&ctx),
         };
         if let Err(e) = status.write(&ctx.settings.agent.data_dir) {
             eprintln!("picket: warning: {e:#}");
         }
         last = Some(status);
     }
+}
+
+/// The memory budgets and their use, for the status file.
+fn budgets(ctx: &HealthCtx) -> std::collections::BTreeMap<String, u64> {
+    let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+    [
+        ("queue.sources.cap", n(ctx.settings.agent.queue_events)),
+        ("queue.sources.used", queue_depth(&ctx.source_depth)),
+        ("queue.journal.cap", n(JOURNAL_QUEUE)),
+        ("queue.journal.used", ctx.journal_tx.depth()),
+        ("queue.live.cap", n(LIVE_QUEUE)),
+        ("sqlite.bytes.cap", SQLITE_MEMORY_LIMIT),
+        ("sqlite.bytes.used", picket_journal::sqlite_memory_used()),
+        ("policy.groups_per_rule.cap", n(ctx.policy_limits.max_groups_per_rule)),
+        ("policy.groups.used", ctx.policy_groups.groups.load(Ordering::Relaxed)),
+        ("policy.groups.evicted", ctx.policy_groups.evicted.load(Ordering::Relaxed)),
+        ("journal.bytes.cap", ctx.settings.journal.max_bytes),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 /// Events waiting in a queue, seen through a weak sender (so holding it does not keep the queue
@@ -1083,5 +1230,90 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: EventKind) -> Box<Event> {
+        let mut ev = Event::new(kind, Timestamp::from_unix_nanos(1_700_000_000_000_000_000));
+        ev.host.id = "dev1".into();
+        Box::new(ev)
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The journal thread holds routine events for the linger (here: an hour, so only a wake-up
+    /// can commit them), commits at once when an alert arrives (with the routine events before
+    /// it, in order) or when the queue is half full, and commits what is left when the queue
+    /// closes.
+    #[test]
+    fn the_journal_thread_lingers_on_routine_events_and_commits_alerts_and_half_full_queues_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.db");
+        let journal = Journal::open(&path, JournalOptions::new("dev1")).unwrap();
+        let (tx, rx) = mpsc::channel::<JournalCmd>(JOURNAL_QUEUE);
+        let (live_tx, mut live_rx) = mpsc::channel::<Box<Event>>(JOURNAL_QUEUE * 2);
+        let counters = Arc::new(JournalCounters::default());
+        let drops = Drops::default();
+        let (c, d) = (counters.clone(), drops.clone());
+        let writer = thread::spawn(move || {
+            journal_writer(journal, rx, live_tx, &c, &d, Duration::from_secs(3600));
+        });
+        let jtx = JournalTx { tx, thread: writer.thread().clone() };
+        let journaled = || counters.journaled.load(Ordering::Relaxed);
+        // Let the thread take its first look at the (empty) queue and go to sleep.
+        let (reply_tx, reply_rx) = oneshot::channel();
+        jtx.blocking_send(JournalCmd::Stats(reply_tx)).unwrap();
+        assert_eq!(reply_rx.blocking_recv().unwrap().unwrap().last_seq, 0);
+        thread::sleep(Duration::from_millis(100));
+
+        jtx.blocking_send(JournalCmd::Trigger { ev: event(EventKind::AuthFailure), alert: false }).unwrap();
+        jtx.blocking_send(JournalCmd::Append(event(EventKind::FileModify))).unwrap();
+        thread::sleep(Duration::from_millis(300));
+        assert_eq!(journaled(), 0, "routine events wait for the linger");
+
+        jtx.blocking_send(JournalCmd::Alert(event(EventKind::Alert))).unwrap();
+        wait_for("the alert's commit", || journaled() == 3);
+        let kinds: Vec<(EventKind, u64)> =
+            std::iter::from_fn(|| live_rx.try_recv().ok()).map(|e| (e.kind, e.seq)).collect();
+        assert_eq!(
+            kinds,
+            [(EventKind::AuthFailure, 1), (EventKind::FileModify, 2), (EventKind::Alert, 3)],
+            "one commit, in order"
+        );
+
+        // Half a queue of routine events wakes the thread: the pipeline never waits on a full
+        // queue for a linger to pass.
+        for _ in 0..JOURNAL_QUEUE / 2 {
+            jtx.blocking_send(JournalCmd::Append(event(EventKind::ProcessStart))).unwrap();
+        }
+        wait_for("the half-full queue's commit", || journaled() == 3 + (JOURNAL_QUEUE / 2) as u64);
+
+        // Stats are answered at once, after committing what is queued.
+        jtx.blocking_send(JournalCmd::Append(event(EventKind::ProcessExit))).unwrap();
+        let (reply_tx, reply_rx) = oneshot::channel();
+        jtx.blocking_send(JournalCmd::Stats(reply_tx)).unwrap();
+        let stats = reply_rx.blocking_recv().unwrap().unwrap();
+        assert_eq!(stats.last_seq, 4 + (JOURNAL_QUEUE / 2) as u64);
+
+        // The queue closes: the rest is committed and the thread ends.
+        jtx.blocking_send(JournalCmd::Append(event(EventKind::FileCreate))).unwrap();
+        let thread = jtx.thread.clone();
+        drop(jtx);
+        thread.unpark();
+        writer.join().unwrap();
+        assert_eq!(journaled(), 5 + (JOURNAL_QUEUE / 2) as u64);
+        assert_eq!(drops.total(), 0);
+        let reader = Journal::open_read_only(&path).unwrap();
+        assert_eq!(reader.stats().unwrap().events, 5 + (JOURNAL_QUEUE / 2) as u64);
     }
 }

@@ -48,7 +48,8 @@ impl Type {
 /// The part of an event a field lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Group {
-    /// On every event: `message`, `host.id`, `event.*` (`severity`, `dataset`, `module`, `action`).
+    /// On every event: `message`, `host.id`, `event.*` (`severity`, `dataset`, `module`, `action`,
+    /// `duration`).
     Base,
     Process,
     /// `process.exit_code`: only `process.exit`.
@@ -144,6 +145,7 @@ fields! {
     EventDataset = "event.dataset": Str in Base;
     EventModule = "event.module": Str in Base;
     EventAction = "event.action": Str in Base;
+    EventDuration = "event.duration": Num in Base;
     ProcessPid = "process.pid": Num in Process;
     ProcessName = "process.name": Str in Process;
     ProcessExecutable = "process.executable": Str in Process;
@@ -153,6 +155,11 @@ fields! {
     ProcessWorkingDirectory = "process.working_directory": Str in Process;
     ProcessEntityId = "process.entity_id": Str in Process;
     ProcessExitCode = "process.exit_code": Num in ProcessExit;
+    ProcessStartTicks = "process.start_ticks": Num in Process;
+    ProcessHashSha256 = "process.hash.sha256": Str in Process;
+    ProcessFilelessReason = "process.fileless_reason": Str in Process;
+    ProcessCgroup = "process.cgroup": Str in Process;
+    ContainerId = "container.id": Str in Process;
     ProcessParentPid = "process.parent.pid": Num in Process;
     ProcessParentName = "process.parent.name": Str in Process;
     ProcessParentExecutable = "process.parent.executable": Str in Process;
@@ -255,6 +262,7 @@ impl Field {
             F::EventDataset => text(ev.event.dataset.as_ref()),
             F::EventModule => text(ev.event.module.as_ref()),
             F::EventAction => text(ev.event.action.as_ref()),
+            F::EventDuration => num(ev.event.duration),
             F::ProcessPid => num(p().and_then(|p| p.pid)),
             F::ProcessName => text(p().and_then(|p| p.name.as_ref())),
             F::ProcessExecutable => text(p().and_then(|p| p.executable.as_ref())),
@@ -264,6 +272,13 @@ impl Field {
             F::ProcessWorkingDirectory => text(p().and_then(|p| p.working_directory.as_ref())),
             F::ProcessEntityId => text(p().and_then(|p| p.entity_id.as_ref())),
             F::ProcessExitCode => num(p().and_then(|p| p.exit_code)),
+            F::ProcessStartTicks => num(p().and_then(|p| p.start_ticks)),
+            F::ProcessHashSha256 => {
+                p().and_then(|p| p.hash.as_ref()).map_or(Val::Missing, |h| Val::Str(&h.sha256))
+            }
+            F::ProcessFilelessReason => text(p().and_then(|p| p.fileless_reason.as_ref())),
+            F::ProcessCgroup => text(p().and_then(|p| p.cgroup.as_ref())),
+            F::ContainerId => ev.container.as_ref().map_or(Val::Missing, |c| Val::Str(&c.id)),
             F::ProcessParentPid => num(pp().and_then(|p| p.pid)),
             F::ProcessParentName => text(pp().and_then(|p| p.name.as_ref())),
             F::ProcessParentExecutable => text(pp().and_then(|p| p.executable.as_ref())),
@@ -409,5 +424,35 @@ mod tests {
         assert_eq!(Field::EventAction.get(&ev), Val::Missing);
         ev.event.action = Some("password".into());
         assert_eq!(Field::EventAction.get(&ev), Val::Str("password"));
+    }
+
+    #[test]
+    fn process_capture_fields_read_from_the_event() {
+        use picket_event::{Container, FileHash, Process};
+        let mut ev = Event::new(EventKind::ProcessExit, picket_event::Timestamp::from_unix_nanos(0));
+        for f in
+            [Field::EventDuration, Field::ProcessHashSha256, Field::ContainerId, Field::ProcessStartTicks]
+        {
+            assert_eq!(f.get(&ev), Val::Missing, "{f:?}");
+        }
+        ev.event.duration = Some(1_500);
+        ev.container = Some(Container { id: "ab".into(), runtime: None });
+        ev.process = Some(Process {
+            start_ticks: Some(42),
+            hash: Some(FileHash { sha256: "00ff".into() }),
+            fileless_reason: Some("memfd".into()),
+            cgroup: Some("/system.slice/x.service".into()),
+            resolved_executable: Some("/usr/bin/x".into()),
+            ..Process::default()
+        });
+        assert_eq!(Field::parse("event.duration").map(|p| p.0).unwrap().get(&ev), Val::Num(1_500));
+        assert_eq!(Field::ContainerId.get(&ev), Val::Str("ab"));
+        assert_eq!(Field::ProcessStartTicks.get(&ev), Val::Num(42));
+        assert_eq!(Field::ProcessHashSha256.get(&ev), Val::Str("00ff"));
+        assert_eq!(Field::ProcessFilelessReason.get(&ev), Val::Str("memfd"));
+        assert_eq!(Field::ProcessCgroup.get(&ev), Val::Str("/system.slice/x.service"));
+        assert_eq!(Field::ProcessResolvedExecutable.get(&ev), Val::Str("/usr/bin/x"));
+        assert!(fields_of(EventKind::ProcessStart).contains(&"container.id"));
+        assert!(!fields_of(EventKind::FileCreate).contains(&"process.exit_code"));
     }
 }

@@ -30,6 +30,8 @@ pub const FIELDS: &[&str] = &[
     "process.working_directory",
     "process.entity_id",
     "process.exit_code",
+    "process.hash.sha256",
+    "container.id",
     "process.parent.pid",
     "process.parent.name",
     "process.parent.executable",
@@ -102,6 +104,10 @@ impl<'a> SigmaView<'a> {
             "process.working_directory" => text(p.and_then(|p| p.working_directory.as_ref())),
             "process.entity_id" => text(p.and_then(|p| p.entity_id.as_ref())),
             "process.exit_code" => int(p.and_then(|p| p.exit_code)),
+            "process.hash.sha256" => {
+                p.and_then(|p| p.hash.as_ref()).map(|h| EventValue::Str(Cow::Borrowed(h.sha256.as_str())))
+            }
+            "container.id" => ev.container.as_ref().map(|c| EventValue::Str(Cow::Borrowed(c.id.as_str()))),
             "process.parent.pid" => int(pp.and_then(|p| p.pid)),
             "process.parent.name" => text(pp.and_then(|p| p.name.as_ref())),
             "process.parent.executable" => text(pp.and_then(|p| p.executable.as_ref())),

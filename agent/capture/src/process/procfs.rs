@@ -76,6 +76,71 @@ pub struct Snapshot {
     pub cwd: Option<String>,
     pub stat: Option<Stat>,
     pub ids: Option<Ids>,
+    /// The version of the file running (stat of `/proc/PID/exe`), for the hash cache.
+    pub exe_key: Option<super::hash::FileKey>,
+    /// `/proc/PID/cgroup`, parsed.
+    pub cgroup: Option<Cgroup>,
+}
+
+/// Where a process sits in the cgroup tree, and the container that implies.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cgroup {
+    /// The cgroup v2 path (the `0::` line), else the v1 `name=systemd` one.
+    pub path: String,
+    /// A container id (64 hex digits) found in the path.
+    pub container_id: Option<String>,
+    /// `docker`, `containerd`, `crio` or `podman`, when the path says.
+    pub runtime: Option<&'static str>,
+}
+
+/// Parse `/proc/PID/cgroup`. Container ids are recognised in the forms the runtimes use:
+/// `docker-ID.scope`, `/docker/ID`, `cri-containerd-ID.scope`, `crio-ID.scope`, `libpod-ID.scope`,
+/// and a bare `ID` component (Kubernetes `cgroupfs` layouts).
+pub fn parse_cgroup(b: &[u8]) -> Option<Cgroup> {
+    let text = std::str::from_utf8(b).ok()?;
+    let mut v1 = None;
+    let mut v2 = None;
+    let mut any = None;
+    for line in text.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(id), Some(ctrl), Some(path)) = (f.next(), f.next(), f.next()) else { continue };
+        if id == "0" && ctrl.is_empty() {
+            v2 = Some(path);
+        } else if ctrl == "name=systemd" {
+            v1 = Some(path);
+        } else if any.is_none() {
+            any = Some(path);
+        }
+    }
+    let path = v2.or(v1).or(any)?;
+    let (container_id, runtime) = container_of(path).map_or((None, None), |(i, r)| (Some(i), r));
+    Some(Cgroup { path: path.to_string(), container_id, runtime })
+}
+
+fn container_of(path: &str) -> Option<(String, Option<&'static str>)> {
+    let is_id = |s: &str| s.len() == 64 && s.bytes().all(|c| c.is_ascii_hexdigit());
+    let mut prev = "";
+    // The innermost component that names a container wins.
+    let mut found = None;
+    for comp in path.split('/') {
+        let base = comp.strip_suffix(".scope").unwrap_or(comp);
+        let (prefix, id) = match base.rfind('-') {
+            Some(i) => (&base[..i], &base[i + 1..]),
+            None => ("", base),
+        };
+        if is_id(id) {
+            let runtime = match (prefix, prev) {
+                ("docker", _) | ("", "docker") => Some("docker"),
+                ("cri-containerd", _) => Some("containerd"),
+                ("crio", _) => Some("crio"),
+                ("libpod", _) | ("", "libpod") => Some("podman"),
+                _ => None,
+            };
+            found = Some((id.to_ascii_lowercase(), runtime));
+        }
+        prev = comp;
+    }
+    found
 }
 
 impl Snapshot {
@@ -336,6 +401,11 @@ impl ProcReader {
             Part::Files => {
                 s.exe = self.readlink(pid, "exe");
                 s.cwd = self.readlink(pid, "cwd");
+                if s.exe.is_some() {
+                    self.set_path(pid, "exe");
+                    s.exe_key =
+                        std::fs::metadata(&self.path).ok().map(|m| super::hash::FileKey::from_metadata(&m));
+                }
             }
             Part::Task => {
                 if self.read(pid, "stat", 4096).is_ok() {
@@ -344,8 +414,17 @@ impl ProcReader {
                 if self.read(pid, "status", 16384).is_ok() {
                     s.ids = parse_status_ids(&self.buf);
                 }
+                if self.read(pid, "cgroup", 8192).is_ok() {
+                    s.cgroup = parse_cgroup(&self.buf);
+                }
             }
         }
+    }
+
+    /// `/proc/PID/stat` alone (what a polling scan needs of every process).
+    pub fn stat(&mut self, pid: u32) -> Option<Stat> {
+        self.read(pid, "stat", 4096).ok()?;
+        parse_stat(&self.buf)
     }
 
     /// Everything picket reads about `pid`, the fragile parts first.
@@ -477,6 +556,34 @@ mod tests {
         assert_eq!(executable(None, Some("./ls"), None, exe).unwrap(), "/usr/bin/busybox");
         assert_eq!(executable(None, a0, Some("/"), exe).unwrap(), "/usr/bin/busybox");
         assert_eq!(executable(None, None, None, None), None);
+    }
+
+    #[test]
+    fn cgroups_and_container_ids() {
+        let id = "3f4e9c0b1a2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f";
+        let c = parse_cgroup(format!("0::/system.slice/docker-{id}.scope\n").as_bytes()).unwrap();
+        assert_eq!((c.container_id.as_deref(), c.runtime), (Some(id), Some("docker")));
+        let c =
+            parse_cgroup(format!("12:pids:/docker/{id}\n1:name=systemd:/docker/{id}\n").as_bytes()).unwrap();
+        assert_eq!(
+            (c.path.as_str(), c.container_id.as_deref(), c.runtime),
+            (format!("/docker/{id}").as_str(), Some(id), Some("docker"))
+        );
+        let k8s = format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-{id}.scope\n"
+        );
+        let c = parse_cgroup(k8s.as_bytes()).unwrap();
+        assert_eq!((c.container_id.as_deref(), c.runtime), (Some(id), Some("containerd")));
+        let c = parse_cgroup(format!("0::/machine.slice/libpod-{id}.scope/container\n").as_bytes()).unwrap();
+        assert_eq!((c.container_id.as_deref(), c.runtime), (Some(id), Some("podman")));
+        let c = parse_cgroup(format!("0::/kubepods/besteffort/pod1/{id}\n").as_bytes()).unwrap();
+        assert_eq!((c.container_id.as_deref(), c.runtime), (Some(id), None));
+        let c = parse_cgroup(b"0::/user.slice/user-0.slice/session-3.scope\n").unwrap();
+        assert_eq!((c.path.as_str(), c.container_id), ("/user.slice/user-0.slice/session-3.scope", None));
+        assert_eq!(parse_cgroup(b""), None);
+        assert_eq!(parse_cgroup(b"\xff"), None);
+        // Our own.
+        assert!(parse_cgroup(&std::fs::read("/proc/self/cgroup").unwrap()).is_some());
     }
 
     #[test]

@@ -46,7 +46,13 @@ pub fn set_thread_policy(policy: Policy) -> io::Result<()> {
         Policy::RealTime => (libc::SCHED_FIFO, 1),
         Policy::Normal => (libc::SCHED_OTHER, 0),
     };
-    let param = libc::sched_param { sched_priority: priority };
+    // The kernel's `struct sched_param` is one int; libc's differs by target (musl's has four
+    // more fields), so the system call gets the kernel's layout.
+    #[repr(C)]
+    struct KernelSchedParam {
+        sched_priority: libc::c_int,
+    }
+    let param = KernelSchedParam { sched_priority: priority };
     // The raw system call, not libc's wrapper: on Linux it applies to one thread (pid 0 = the
     // caller), and musl's wrapper refuses (ENOSYS) because POSIX means the whole process.
     // SAFETY: sched_setscheduler only reads one `sched_param` through the pointer, which points

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Cross builds of picket for edge devices (cross/README.md).
+#
+#   cross/build.sh [TARGET...]     default: the four targets below
+#
+#   aarch64-unknown-linux-musl      static
+#   armv7-unknown-linux-musleabihf  static
+#   aarch64-unknown-linux-gnu       dynamic (glibc)
+#   armv7-unknown-linux-gnueabihf   dynamic (glibc)
+#
+# Each target is built with the `edge` profile (root Cargo.toml: release with opt-level "z", fat LTO,
+# panic abort, strip) and `--no-default-features`: no Sigma, no libpcap. There is no musl libpcap,
+# and the gnu variants would need the foreign-architecture libpcap-dev:arm64/armhf, whose libc6
+# upgrades host packages in step, so no target here links libpcap (`replay --format pcap` works).
+# x86_64-unknown-linux-gnu is accepted too (host, for the size table).
+#
+# Needs rustup (rust-std for the target: `rustup target add`, tried here) and Debian's cross gcc
+# for the C parts (bundled SQLite, ring) and the link: gcc-aarch64-linux-gnu, gcc-arm-linux-gnueabihf
+# (scripts/test-deps.sh installs them); armv7 musl needs arm-linux-musleabihf-gcc. A target whose
+# rust-std or cross gcc cannot be had is skipped with a loud SKIP line and the script still exits 0,
+# so the rest of `make test` runs; a build that fails exits 1.
+#
+# Environment: CARGO_TARGET_DIR (default ./target), PROFILE (edge), FEATURES (cargo flags; "" for
+# the default features; unset: --no-default-features), SIZE_FLAGS=0 leaves out the size flags below
+# (for measuring). packaging/build.sh uses PROFILE=release and its own FEATURES.
+# Binaries: $CARGO_TARGET_DIR/<target>/<profile>/picket. Prints one "size <target> <bytes> <path>"
+# line per built target.
+set -euo pipefail
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$repo"
+CARGO="${CARGO:-cargo}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
+PROFILE="${PROFILE:-edge}"
+read -r -a FEATURES <<<"${FEATURES---no-default-features}"
+SIZE_FLAGS="${SIZE_FLAGS:-1}"
+
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf
+  aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
+
+# SQLite features picket never uses (full-text search, R-tree, dbstat, stat4, soundex, extension
+# loading; not measured on their own). `-U` comes after libsqlite3-sys's own `-D`.
+sqlite_small="-USQLITE_ENABLE_FTS3 -USQLITE_ENABLE_FTS3_PARENTHESIS -USQLITE_ENABLE_FTS5 \
+-USQLITE_ENABLE_RTREE -USQLITE_ENABLE_DBSTAT_VTAB -USQLITE_ENABLE_STAT4 -USQLITE_SOUNDEX \
+-USQLITE_ENABLE_LOAD_EXTENSION -DSQLITE_OMIT_LOAD_EXTENSION -DSQLITE_OMIT_DEPRECATED \
+-DSQLITE_OMIT_SHARED_CACHE"
+
+skipped=()
+failed=()
+for t in "${targets[@]}"; do
+  case "$t" in
+    aarch64-*) gcc=aarch64-linux-gnu-gcc ;;
+    # 32-bit glibc and musl headers disagree (time_t, off_t): armv7 musl needs a musl cross gcc
+    # (musl-cross-make's; Debian has none).
+    armv7-*-musl*) gcc=arm-linux-musleabihf-gcc ;;
+    armv7-*) gcc=arm-linux-gnueabihf-gcc ;;
+    x86_64-unknown-linux-gnu) gcc=gcc ;;
+    *) echo "cross: unknown target $t" >&2; exit 2 ;;
+  esac
+  if ! rustup target list --installed 2>/dev/null | grep -qx "$t"; then
+    echo "cross: rustup target add $t" >&2
+    if ! out="$(rustup target add "$t" 2>&1)"; then
+      echo "*** SKIP: $t: rustup could not install rust-std for it:" >&2
+      printf '%s\n' "$out" | grep -iE 'error|caused|status' | head -3 | sed 's/^/***   /' >&2
+      skipped+=("$t")
+      continue
+    fi
+  fi
+  if ! command -v "$gcc" >/dev/null; then
+    echo "*** SKIP: $t: $gcc missing (scripts/test-deps.sh installs the Debian ones)" >&2
+    skipped+=("$t")
+    continue
+  fi
+  u="$(echo "$t" | tr 'a-z-' 'A-Z_')"
+  l="${t//-/_}"
+  envs=()
+  # (Not for the host: its linker setting also applies to build scripts, which would then be
+  # rebuilt each time the host and a cross target alternate.)
+  [ "$t" = x86_64-unknown-linux-gnu ] || envs+=("CC_$l=$gcc" "AR_$l=${gcc%-gcc}-ar")
+  rf=""
+  sqlite=""
+  case "$t" in
+    *-musl*)
+      # rust-lld links a static, non-PIE executable against rust-std's own musl (1.2.5): no
+      # dynamic relocations at all (gcc would make a static-pie with ~300 KB of them, and
+      # Debian's ld ignores -z pack-relative-relocs there). The C parts are compiled by Debian's
+      # glibc cross gcc (same kernel ABI on aarch64), so SQLite must not use glibc's *64
+      # aliases (open64...), which musl 1.2.4+ no longer exports.
+      rf="-C linker=rust-lld -C linker-flavor=ld.lld"
+      sqlite="-DSQLITE_DISABLE_LFS"
+      ;;
+    x86_64-unknown-linux-gnu) ;;
+    *) envs+=("CARGO_TARGET_${u}_LINKER=$gcc") ;;
+  esac
+  if [ "$SIZE_FLAGS" = 1 ]; then
+    # No .eh_frame: a linker script discards it (panic = "abort" never unwinds; a panic still
+    # prints its message, RUST_BACKTRACE just gets no frames). -C force-unwind-tables=no does not
+    # do it: with LTO, std's module flag keeps an entry for every function.
+    # musl (rust-lld): also identical code folding. x86_64 glibc edge builds: RELR packs the
+    # PIE's relative relocations (~300 KB; the binary then needs glibc >= 2.36; Debian's ld
+    # ignores it for aarch64). Not for PROFILE=release, the packages: they must install on
+    # glibc 2.34/2.35 hosts (RHEL 9, Ubuntu 22.04).
+    relr=""
+    [ "$PROFILE" = release ] || relr=" -C link-arg=-Wl,-z,pack-relative-relocs"
+    case "$t" in
+      *-musl*) rf="$rf -C link-arg=--icf=all -C link-arg=$repo/cross/no-eh-frame.ld" ;;
+      x86_64-*) rf="$rf -C link-arg=-Wl,-T,$repo/cross/no-eh-frame.ld$relr" ;;
+      *) rf="$rf -C link-arg=-Wl,-T,$repo/cross/no-eh-frame.ld" ;;
+    esac
+    envs+=("CFLAGS_$l=-fno-asynchronous-unwind-tables -fno-unwind-tables")
+    sqlite="$sqlite $sqlite_small"
+  fi
+  [ -z "$rf" ] || envs+=("CARGO_TARGET_${u}_RUSTFLAGS=${rf# }")
+  [ -z "$sqlite" ] || envs+=("LIBSQLITE3_FLAGS=${sqlite# }")
+  echo "cross: building $t (profile $PROFILE, ${FEATURES[*]})" >&2
+  start=$(date +%s)
+  if ! env "${envs[@]}" "$CARGO" build --locked --profile "$PROFILE" -p picket "${FEATURES[@]}" \
+    --target "$t" >&2; then
+    echo "cross: BUILD FAILED for $t" >&2
+    failed+=("$t")
+    continue
+  fi
+  bin="$CARGO_TARGET_DIR/$t/$PROFILE/picket"
+  echo "cross: $t built in $(($(date +%s) - start)) s: $(file -b "$bin" | cut -d, -f1-2,5-)" >&2
+  echo "size $t $(stat -c %s "$bin") $bin"
+done
+
+[ ${#skipped[@]} -eq 0 ] || echo "*** cross: SKIPPED ${skipped[*]} (see above)" >&2
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "cross: FAILED ${failed[*]}" >&2
+  exit 1
+fi
