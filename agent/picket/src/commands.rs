@@ -187,6 +187,9 @@ pub fn status(data_dir: &Path) -> anyhow::Result<ExitCode> {
             if let Some(e) = &u.last_error {
                 println!("  last error: {e}");
             }
+            if u.batches_republished > 0 {
+                println!("  published again (no collector ack in time): {}", u.batches_republished);
+            }
             if u.acks_rejected > 0 {
                 println!("  acks rejected (failed verification): {}", u.acks_rejected);
             }

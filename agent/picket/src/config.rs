@@ -208,6 +208,7 @@ struct UplinkConfig {
     batch_max_bytes: i128,
     max_bytes_per_sec: i128,
     backoff_max_secs: i128,
+    ack_timeout_secs: i128,
 }
 
 #[derive(Debug, Deserialize)]
@@ -451,6 +452,8 @@ pub struct UplinkSettings {
     pub max_bytes_per_sec: u64,
     /// Longest wait between reconnect attempts.
     pub backoff_max: Duration,
+    /// With `ack = "collector"`: re-publish a batch not acknowledged within this time.
+    pub ack_timeout: Duration,
 }
 
 /// `uplink.ack`
@@ -1144,6 +1147,7 @@ impl Check<'_, '_> {
         let batch_max_bytes = self.int_in("uplink.batch_max_bytes", uplink.batch_max_bytes, 4096, 16 << 20);
         let max_bytes_per_sec = self.int_in("uplink.max_bytes_per_sec", uplink.max_bytes_per_sec, 0, 1 << 40);
         let backoff_max_secs = self.int_in("uplink.backoff_max_secs", uplink.backoff_max_secs, 1, 86_400);
+        let ack_timeout_secs = self.int_in("uplink.ack_timeout_secs", uplink.ack_timeout_secs, 1, 3600);
 
         let got = journal.max_bytes;
         let max_bytes = if got < i128::from(MIN_JOURNAL_BYTES) {
@@ -1236,6 +1240,7 @@ impl Check<'_, '_> {
                 batch_max_bytes: usize::try_from(batch_max_bytes?).ok()?,
                 max_bytes_per_sec: max_bytes_per_sec?,
                 backoff_max: Duration::from_secs(backoff_max_secs?),
+                ack_timeout: Duration::from_secs(ack_timeout_secs?),
             },
             journal: JournalSettings { max_bytes: max_bytes? },
         })

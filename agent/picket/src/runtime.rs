@@ -507,6 +507,7 @@ fn uplink_config(settings: &Settings, identity: Arc<Identity>, ack: AckMode) -> 
     cfg.limits = picket_journal::SealLimits { max_events: u.batch_max_events, max_bytes: u.batch_max_bytes };
     cfg.max_bytes_per_sec = u.max_bytes_per_sec;
     cfg.backoff_max = u.backoff_max;
+    cfg.ack_timeout = u.ack_timeout;
     cfg
 }
 

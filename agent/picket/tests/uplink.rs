@@ -166,6 +166,25 @@ impl Lab {
         )
     }
 
+    /// Start the collector and wait until its subscription is in place: until a probe published
+    /// to a batch topic comes back as a rejection. A collector's persistent session is what makes
+    /// the broker keep batches for it; one published before it first subscribed reaches no one
+    /// (in `ack = "broker"` mode the device has then let it go).
+    fn start_collector_subscribed(&self) -> Proc {
+        let collector = self.start_collector();
+        let t = Instant::now();
+        while !self.anomalies().contains("\"probe\"") {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "the collector never subscribed:\n{}",
+                tail(&self.p("collect.log"))
+            );
+            inject(self, &format!("{PREFIX}/probe/batch"), b"probe");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        collector
+    }
+
     /// The seqs in the collector's output, in output order.
     fn collected(&self) -> Vec<u64> {
         let text = std::fs::read_to_string(self.p("collect/events.ndjson")).unwrap_or_default();
@@ -261,21 +280,89 @@ fn events_journaled_while_offline_arrive_once_in_order_when_the_broker_returns()
         return;
     }
     let mut lab = Lab::new();
-    lab.broker.stop(); // offline from the start
     lab.agent_config("agent", "");
-    // Through a shared subscription ($share/soc/...), as a SOC running several collectors would.
-    let collect = lab.collect_config();
-    let text = std::fs::read_to_string(&collect).unwrap();
-    std::fs::write(&collect, format!("{text}share_group = \"soc\"\n")).unwrap();
+    lab.collect_config();
     lab.enrol();
     lab.journal_events(3000);
+    // The SOC's collector has its session on the broker; then the broker goes away.
+    let _collector = lab.start_collector_subscribed();
+    lab.broker.stop();
     let _agent = lab.start_agent();
     std::thread::sleep(Duration::from_secs(2)); // the agent retries against a dead broker
     lab.broker.start();
-    let _collector = lab.start_collector();
     let got = lab.wait_in_sync(Duration::from_secs(60));
     // Alerts first: the first 60 collected events are the 60 alerts.
     assert!(got[..60].iter().all(|s| s % 50 == 0), "alerts were not drained first: {:?}", &got[..70]);
+}
+
+#[test]
+fn with_collector_acks_batches_the_broker_passed_to_no_one_are_published_again() {
+    if skip_without_tools() {
+        return;
+    }
+    // Batches published while no collector session exists reach no one (the same happens when
+    // mosquitto 2.0 restarts and forgets a disconnected member's $share subscription). With
+    // ack = "collector" the agent keeps them and publishes them again; each event is written once.
+    let lab = Lab::new();
+    let collect = lab.collect_config();
+    let text = std::fs::read_to_string(&collect).unwrap();
+    std::fs::write(&collect, format!("{text}share_group = \"soc\"\n")).unwrap();
+    let out = Command::new(PICKET)
+        .args(["collect", "--config", collect.to_str().unwrap(), "--export-key"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(lab.p("collector.pub"), &out.stdout).unwrap();
+    let d = lab.d();
+    lab.agent_config(
+        "agent",
+        &format!(
+            "ack = \"collector\"\ncollector_key_file = \"{d}/collector.pub\"\nack_timeout_secs = 2\n\
+             batch_max_events = 200\n"
+        ),
+    );
+    lab.enrol();
+    lab.journal_events(3000);
+    let _agent = lab.start_agent();
+    std::thread::sleep(Duration::from_secs(2)); // the agent publishes to no one
+    let _collector = lab.start_collector();
+    let got = lab.wait_collected(lab.journaled().len(), Duration::from_secs(60));
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), got.len(), "duplicates in the collector output");
+    assert_eq!(sorted, lab.journaled(), "the collector's output is not the journal");
+    let t = Instant::now();
+    loop {
+        let state = Journal::open_read_only(&lab.p("data/journal.db")).unwrap().outbox_state().unwrap();
+        if state.pending_batches == 0 && state.delivered_batch_seq + 1 == state.next_batch_seq {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "acks never freed the outbox: {state:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The scenario happened: batches were published again (status.json is rewritten every second).
+    let t = Instant::now();
+    loop {
+        let s = std::fs::read_to_string(lab.p("data/status.json")).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap_or_default();
+        let (again, delivered) =
+            (v["uplink"]["batches_republished"].as_u64(), v["uplink"]["batches_delivered"].as_u64());
+        if let (Some(again), Some(d)) = (again, delivered)
+            && d > 0
+            && d + 1
+                >= Journal::open_read_only(&lab.p("data/journal.db"))
+                    .unwrap()
+                    .outbox_state()
+                    .unwrap()
+                    .next_batch_seq
+        {
+            assert!(again > 0, "nothing was published again: the broker lost nothing? {s}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "status never caught up: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
@@ -289,6 +376,8 @@ fn kill_9_of_agent_and_collector_during_sync_loses_and_duplicates_nothing() {
     lab.enrol();
     lab.journal_events(20_000);
     let journaled = lab.journaled();
+    // The collector's session exists on the broker before the first batch is published.
+    drop(lab.start_collector_subscribed());
     let mut seed = std::process::id() as u64 | 1;
     let mut rand_ms = |max: u64| {
         seed ^= seed << 13;
@@ -327,8 +416,7 @@ fn a_broker_restart_mid_drain_loses_and_duplicates_nothing() {
     lab.enrol();
     lab.journal_events(30_000);
     let journaled = lab.journaled();
-    let _collector = lab.start_collector();
-    std::thread::sleep(Duration::from_millis(500));
+    let _collector = lab.start_collector_subscribed();
     let _agent = lab.start_agent();
     lab.wait_collected(2000, Duration::from_secs(30));
     lab.broker.stop();
@@ -416,8 +504,7 @@ fn forged_replayed_unknown_and_gapped_batches_are_rejected_and_reported() {
     lab.collect_config();
     lab.enrol();
     lab.journal_events(100);
-    let mut collector = lab.start_collector();
-    std::thread::sleep(Duration::from_millis(500));
+    let mut collector = lab.start_collector_subscribed();
     let mut agent = lab.start_agent();
     lab.wait_in_sync(Duration::from_secs(30));
     agent.term();
@@ -515,9 +602,7 @@ fn in_end_to_end_mode_only_the_collectors_signed_ack_frees_the_outbox() {
     lab.enrol();
     lab.journal_events(1000);
     // The collector subscribes once (the broker keeps its session), then goes away.
-    let mut collector = lab.start_collector();
-    std::thread::sleep(Duration::from_millis(800));
-    collector.term();
+    lab.start_collector_subscribed().term();
 
     let _agent = lab.start_agent();
     std::thread::sleep(Duration::from_secs(3));

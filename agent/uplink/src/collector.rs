@@ -452,10 +452,19 @@ impl Core {
                     serde_json::json!({"old_batch_seq": old.batch_seq, "detail": "new journal on the device: sequence numbers restart"}),
                 );
             }
-            self.db.execute(
-                "INSERT INTO streams VALUES (?1, ?2, ?3)",
-                params![device, &h.stream_id[..], now_ns()],
+            // The device's row moves to the new stream at once, not when its first batch is
+            // accepted: the first to arrive may be a later one (a collector that subscribed after
+            // the device's first publish), and the batches behind it must find the stream current.
+            let now = now_ns();
+            let tx = self.db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute("INSERT INTO streams VALUES (?1, ?2, ?3)", params![device, &h.stream_id[..], now])?;
+            tx.execute(
+                "INSERT INTO devices VALUES (?1, ?2, 0, ?3, 0, 0, ?4)
+                 ON CONFLICT (device_id) DO UPDATE SET stream_id = ?2, batch_seq = 0, head = ?3,
+                     last_created_ns = 0, updated_ns = ?4",
+                params![device, &h.stream_id[..], &[0u8; 32][..], now],
             )?;
+            tx.commit()?;
             self.pending.remove(&device);
             state =
                 Some(DeviceState { stream_id: h.stream_id, batch_seq: 0, head: [0; 32], last_created_ns: 0 });
@@ -490,8 +499,14 @@ impl Core {
                     return Ok(Vec::new());
                 }
                 None => {
-                    // Before the point where we joined the chain (a gap we already skipped).
-                    self.anomaly("late", &device, serde_json::json!({"batch_seq": bs}));
+                    // From a hole the chain moved past (reported as a gap then): signed by the
+                    // device, so its events are written now, each seq still at most once.
+                    self.anomaly(
+                        "late",
+                        &device,
+                        serde_json::json!({"batch_seq": bs, "detail": "arrived after its gap was reported; written now"}),
+                    );
+                    let state = self.write(state, batch, true)?;
                     return Ok(vec![self.ack(&device, &state)]);
                 }
             }
@@ -578,17 +593,32 @@ impl Core {
 
     /// Write the batch's new events, then commit the new head with the output length.
     fn accept(&mut self, state: DeviceState, batch: VerifiedBatch) -> rusqlite::Result<DeviceState> {
+        self.write(state, batch, false)
+    }
+
+    /// `late`: a batch from inside a hole the chain already moved past (reported as a gap). Its
+    /// events not yet written are written and the batch is stored (a repeat is then a
+    /// duplicate), but the head stays where it is.
+    fn write(
+        &mut self,
+        state: DeviceState,
+        batch: VerifiedBatch,
+        late: bool,
+    ) -> rusqlite::Result<DeviceState> {
         let h = &batch.header;
         let device = h.device_id.clone();
         let now = now_ns();
         let tolerance = i64::try_from(self.cfg.skew_tolerance.as_nanos()).unwrap_or(i64::MAX);
-        if h.created_ns > now.saturating_add(tolerance) {
+        // A late batch is older than the head by nature: no clock checks.
+        if !late && h.created_ns > now.saturating_add(tolerance) {
             self.anomaly(
                 "clock_skew",
                 &device,
                 serde_json::json!({"batch_seq": h.batch_seq, "ahead_ns": h.created_ns - now}),
             );
-        } else if state.last_created_ns > 0 && h.created_ns < state.last_created_ns.saturating_sub(tolerance)
+        } else if !late
+            && state.last_created_ns > 0
+            && h.created_ns < state.last_created_ns.saturating_sub(tolerance)
         {
             self.anomaly(
                 "clock_backwards",
@@ -629,20 +659,27 @@ impl Core {
             "INSERT OR REPLACE INTO batches VALUES (?1, ?2, ?3, ?4)",
             params![device, &state.stream_id[..], bs, &batch.hash[..]],
         )?;
-        tx.execute(
-            "INSERT INTO devices VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+        if late {
+            tx.execute(
+                "UPDATE devices SET events = events + ?2, updated_ns = ?3 WHERE device_id = ?1",
+                params![device, i64::try_from(written).unwrap_or(0), now],
+            )?;
+        } else {
+            tx.execute(
+                "INSERT INTO devices VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (device_id) DO UPDATE SET stream_id = ?2, batch_seq = ?3, head = ?4,
                  last_created_ns = ?5, events = events + ?6, updated_ns = ?7",
-            params![
-                device,
-                &state.stream_id[..],
-                bs,
-                &batch.hash[..],
-                h.created_ns,
-                i64::try_from(written).unwrap_or(0),
-                now
-            ],
-        )?;
+                params![
+                    device,
+                    &state.stream_id[..],
+                    bs,
+                    &batch.hash[..],
+                    h.created_ns,
+                    i64::try_from(written).unwrap_or(0),
+                    now
+                ],
+            )?;
+        }
         if let Some(len) = out_len {
             tx.execute("UPDATE output SET len = ?1", [i64::try_from(len).unwrap_or(i64::MAX)])?;
         }
@@ -653,6 +690,9 @@ impl Core {
         self.seen.insert(key, seen);
         self.stats.batches_accepted += 1;
         self.stats.events_written += written;
+        if late {
+            return Ok(state);
+        }
         Ok(DeviceState {
             stream_id: state.stream_id,
             batch_seq: h.batch_seq,

@@ -104,7 +104,10 @@ pub struct UplinkStatus {
     /// The last connection or protocol error, until the next successful connect.
     pub last_error: Option<String>,
     pub connects: u64,
+    /// First publications of sealed batches.
     pub batches_published: u64,
+    /// Collector mode: batches published again because no ack came within `ack_timeout`.
+    pub batches_republished: u64,
     /// Bytes of batches handed to MQTT (resends included).
     pub bytes_published: u64,
     pub batches_delivered: u64,
@@ -472,8 +475,13 @@ async fn session(
                     if !stale.is_empty() {
                         let outbox = with_journal(journal, |j| j.outbox()).await?;
                         for b in outbox.into_iter().filter(|b| stale.contains(&b.batch_seq)) {
+                            let len = u64::try_from(b.wire.len()).unwrap_or(u64::MAX);
                             if client.try_publish(batch_topic.as_str(), QoS::AtLeastOnce, false, b.wire).is_ok() {
                                 inflight.requested(Some((b.batch_seq, b.hash)));
+                                if let Ok(mut s) = status.lock() {
+                                    s.batches_republished += 1;
+                                    s.bytes_published += len;
+                                }
                             }
                         }
                     }

@@ -147,6 +147,44 @@ fn out_of_order_batches_wait_for_the_missing_one_and_a_hole_left_open_is_a_gap()
 }
 
 #[test]
+fn a_new_streams_batches_that_arrive_out_of_order_wait_instead_of_being_taken_for_replays() {
+    // A collector that subscribed after the device's first publish sees batch 2 first: the
+    // batches behind it belong to the same, new stream and must wait for the gap, not be dropped.
+    let f = Fixture::new();
+    let mut core = f.core();
+    let b1 = batch(&f.device, 1, 1, [0; 32], 1..3);
+    let b2 = batch(&f.device, 1, 2, b1.hash, 3..5);
+    let b3 = batch(&f.device, 1, 3, b2.hash, 5..7);
+    assert!(core.handle(TOPIC, &b2.bytes).is_empty(), "held back");
+    assert!(core.handle(TOPIC, &b3.bytes).is_empty(), "held back too");
+    assert!(!f.anomalies().contains("\"replay\""), "{}", f.anomalies());
+    let acks = core.expire_gaps();
+    assert_eq!(acks[0].batch_seq, 3);
+    assert_eq!(f.out(), vec![3, 4, 5, 6]);
+    assert!(f.anomalies().contains("\"gap\""), "{}", f.anomalies());
+    // Batch 1 comes after all (a device re-publishing what it has no ack for): written late,
+    // the head stays, and a second copy is a duplicate.
+    let acks = core.handle(TOPIC, &b1.bytes);
+    assert_eq!((acks[0].batch_seq, acks[0].hash), (3, b3.hash));
+    assert!(f.anomalies().contains("\"late\""), "{}", f.anomalies());
+    assert_eq!(f.out(), vec![3, 4, 5, 6, 1, 2]);
+    core.handle(TOPIC, &b1.bytes);
+    assert_eq!(f.out(), vec![3, 4, 5, 6, 1, 2]);
+    assert_eq!(core.stats.duplicate_batches, 1);
+
+    // The same after a reset: the new stream's second batch before its first.
+    let n1 = batch(&f.device, 2, 1, [0; 32], 1..2);
+    let n2 = batch(&f.device, 2, 2, n1.hash, 2..3);
+    let n3 = batch(&f.device, 2, 3, n2.hash, 3..4);
+    assert!(core.handle(TOPIC, &n2.bytes).is_empty());
+    assert!(core.handle(TOPIC, &n3.bytes).is_empty());
+    let acks = core.handle(TOPIC, &n1.bytes);
+    assert_eq!(acks.last().unwrap().batch_seq, 3, "the late first batch closes the gap");
+    assert_eq!(f.out(), vec![3, 4, 5, 6, 1, 2, 1, 2, 3]);
+    assert!(!f.anomalies().contains("\"replay\""), "{}", f.anomalies());
+}
+
+#[test]
 fn a_new_stream_is_a_reset_and_a_batch_of_a_stream_left_behind_is_a_replay() {
     let f = Fixture::new();
     let mut core = f.core();
