@@ -55,7 +55,7 @@ for t in "${targets[@]}"; do
     # (musl-cross-make's; Debian has none).
     armv7-*-musl*) gcc=arm-linux-musleabihf-gcc ;;
     armv7-*) gcc=arm-linux-gnueabihf-gcc ;;
-    x86_64-unknown-linux-gnu) gcc=gcc ;;
+    x86_64-unknown-linux-gnu | x86_64-unknown-linux-musl) gcc=gcc ;;
     *) echo "cross: unknown target $t" >&2; exit 2 ;;
   esac
   if ! rustup target list --installed 2>/dev/null | grep -qx "$t"; then
@@ -77,7 +77,11 @@ for t in "${targets[@]}"; do
   envs=()
   # (Not for the host: its linker setting also applies to build scripts, which would then be
   # rebuilt each time the host and a cross target alternate.)
-  [ "$t" = x86_64-unknown-linux-gnu ] || envs+=("CC_$l=$gcc" "AR_$l=${gcc%-gcc}-ar")
+  case "$t" in
+    x86_64-unknown-linux-gnu) ;;
+    x86_64-unknown-linux-musl) envs+=("CC_$l=gcc" "AR_$l=ar") ;;
+    *) envs+=("CC_$l=$gcc" "AR_$l=${gcc%-gcc}-ar") ;;
+  esac
   rf=""
   sqlite=""
   case "$t" in

@@ -25,12 +25,13 @@
 #   gcc-arm-linux-gnueabihf,      (host-architecture packages only: no dpkg --add-architecture), and
 #   libc6-dev-*-cross,            qemu-aarch64-static/qemu-arm-static for `make cross-test`
 #   qemu-user-static
+#   clang, llvm                   agent/ebpf's BPF object (clang -target bpf; llvm-strip drops its DWARF)
 set -euo pipefail
 
 PACKAGES=(gcc libc6-dev pkg-config procps iproute2 openssl mosquitto nftables openssh-server rsyslog sshpass
   fail2ban sshguard systemd systemd-journal-remote passwd login time
   libpcap-dev tcpdump tshark dnsmasq bind9-dnsutils nmap curl python3 iputils-ping
-  iperf3
+  iperf3 clang llvm
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross qemu-user-static)
 
 missing=()

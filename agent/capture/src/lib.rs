@@ -21,8 +21,8 @@
 //! | from 3/4 ([`SHED_LATER_AT_PERCENT`]) | also [`ShedClass::Later`]: `process.start`, `file.create/modify/delete/rename`, `net.dns` |
 //! | full | anything, counted as `<source>.queue_full` |
 //!
-//! [`ShedClass::Never`] (auth events; alerts, actions, health and gap records, which no source
-//! sends today) is never shed: the last quarter of the queue is kept for it, so only a queue that
+//! [`ShedClass::Never`] (auth events, `process.setid`; alerts, actions, health and gap records,
+//! which no source sends today) is never shed: the last quarter of the queue is kept for it, so only a queue that
 //! is completely full can drop it, and that is counted too.
 
 use std::collections::BTreeMap;
@@ -103,7 +103,8 @@ pub enum ShedClass {
     First,
     /// Shed when the queue is three quarters full: the rest of the routine telemetry.
     Later,
-    /// Never shed: authentication events (what brute-force and login policies act on), and
+    /// Never shed: authentication events (what brute-force and login policies act on), uid/gid
+    /// changes (`process.setid`: privilege changes, rare, what escalation policies act on), and
     /// alerts, actions, health and gap records.
     Never,
 }
@@ -120,6 +121,7 @@ impl ShedClass {
             | EventKind::NetDns => ShedClass::Later,
             EventKind::AuthFailure
             | EventKind::AuthSuccess
+            | EventKind::ProcessSetid
             | EventKind::Alert
             | EventKind::Action
             | EventKind::AgentHealth
@@ -324,12 +326,13 @@ mod tests {
     }
 
     #[test]
-    fn auth_alerts_actions_and_health_are_never_shed() {
+    fn auth_setid_alerts_actions_and_health_are_never_shed() {
         for kind in EventKind::ALL {
             let never = matches!(
                 kind,
                 EventKind::AuthFailure
                     | EventKind::AuthSuccess
+                    | EventKind::ProcessSetid
                     | EventKind::Alert
                     | EventKind::Action
                     | EventKind::AgentHealth

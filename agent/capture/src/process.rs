@@ -1,5 +1,6 @@
 //! Process events from the netlink process connector (`cn_proc`): `process.start` for every
-//! exec and `process.exit` for every process that ends, enriched from /proc.
+//! exec, `process.exit` for every process that ends and `process.setid` for every change of a
+//! process's real or effective user or group id, enriched from /proc.
 //!
 //! | kernel (cn_proc)            | picket                                                        |
 //! |-----------------------------|---------------------------------------------------------------|
@@ -8,7 +9,8 @@
 //! | `PROC_EVENT_EXEC`           | `process.start`, /proc read at once                           |
 //! | `PROC_EVENT_EXIT` (process) | `process.exit` with `exit_code` and `event.duration`          |
 //! | `PROC_EVENT_EXIT` (thread)  | nothing                                                       |
-//! | uid, gid, sid, comm, ptrace, coredump | nothing                                             |
+//! | `PROC_EVENT_UID` / `_GID`   | `process.setid` (`event.action` `uid_change` / `gid_change`) when the real or effective id changed; the table takes the new ids |
+//! | sid, comm, ptrace, coredump | nothing                                                       |
 //!
 //! # Fields
 //!
@@ -31,7 +33,19 @@
 //! number for a process killed by a signal, as shells report it; `message` then names the
 //! signal), `event.duration` (nanoseconds since the fork, when it was seen), and what the process
 //! table knew: `name`, `executable`, `command_line` (cut at
-//! [`cache::MAX_CACHED_COMMAND_LINE`]), `start_ticks`, `parent.pid`.
+//! [`cache::MAX_CACHED_COMMAND_LINE`]), `start_ticks`, `parent.pid`, and `user.*` (the
+//! effective user it last ran as).
+//!
+//! `process.start` also carries `process.user.id`/`.name` (effective), `process.real_user.*`,
+//! `process.group.id` and `process.real_group.id` (from /proc/PID/status).
+//!
+//! `process.setid`: the new ids (`process.user`, `process.real_user`, `process.group`,
+//! `process.real_group`; `user.*` is the new effective user), the effective ids before the change
+//! as the table knew them (`process.previous_user.id`, `process.previous_group.id`; absent when it
+//! did not), and the process's context: `name`, `executable`, `command_line`, `start_ticks`,
+//! `parent.*` from the table, `resolved_executable`, `cgroup` and `container.*` from /proc. The
+//! exec of a setuid program changes the ids before the kernel reports the exec: such a change
+//! is sent after that exec's `process.start`, with its program ([`Tracker`]'s `on_setid`).
 //!
 //! # Losses, counted
 //!
@@ -71,14 +85,14 @@
 //! initial network namespace. Without the connector the source polls /proc at
 //! `sources.process.poll_interval_secs` ([`poll`]: `running (degraded: ...)`), or, with polling
 //! off, the status says `unavailable: ...` once and the agent runs on without process events.
-//! Not done: the eBPF exec tracepoint, uid/gid change events. A main thread that exits while other
-//! threads run is reported as the process's exit.
+//! Not done: the eBPF exec tracepoint. The polling fallback sees no uid/gid changes. A main thread
+//! that exits while other threads run is reported as the process's exit.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use picket_event::{Container, Event, EventKind, ParentProcess, Process, Timestamp, User, severity};
+use picket_event::{Container, Event, EventKind, Group, ParentProcess, Process, Timestamp, User, severity};
 use tokio::sync::oneshot;
 
 use crate::{CaptureError, EventTx, SendError, Shutdown, SourceStatus};
@@ -111,6 +125,28 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 /// Clock ticks per second in /proc/PID/stat: USER_HZ is 100 on every Linux ABI.
 const TICKS_PER_SEC: u64 = 100;
+
+/// At most this many uid/gid changes wait for the exec they belong to; past it the oldest is
+/// sent as it is.
+pub const MAX_PENDING_SETID: usize = 64;
+
+/// A uid/gid change waits at most this long (kernel time) for the exec it belongs to.
+pub const SETID_WAIT_NS: u64 = 1_000_000_000;
+
+/// Which ids a uid/gid change message set, and to what.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IdChange {
+    User { real: u32, effective: u32 },
+    Group { real: u32, effective: u32 },
+}
+
+/// A `process.setid` waiting for the exec it belongs to.
+#[derive(Debug)]
+struct PendingSetid {
+    tgid: u32,
+    mono_ns: u64,
+    ev: Event,
+}
 
 /// Where the tracker gets /proc facts from: the real /proc ([`ProcReader`]) or a test double.
 pub trait Procfs {
@@ -211,6 +247,8 @@ pub struct Tracker {
     /// Per message: an exec of the same pid follows in the batch.
     stale: Vec<bool>,
     last_exec: std::collections::HashMap<u32, usize>,
+    /// uid/gid changes waiting for their exec, oldest first (at most [`MAX_PENDING_SETID`]).
+    pending: std::collections::VecDeque<PendingSetid>,
     /// CLOCK_BOOTTIME minus CLOCK_MONOTONIC (time spent suspended), to place /proc start times.
     boot_offset_ns: u64,
 }
@@ -237,6 +275,7 @@ impl Tracker {
                 image: (!snap.is_vanished()).then(|| Arc::new(image_of(snap))),
                 start_ns,
                 start_ticks: Some(stat.start_ticks),
+                ids: snap.ids,
                 ..cache::Entry::default()
             },
         );
@@ -291,10 +330,28 @@ impl Tracker {
                         self.on_exec(tgid, snap, m.timestamp_ns, ts, fs, execs);
                     counts.vanished += u64::from(vanished);
                     counts.vanished_with_path += u64::from(vanished && with_path);
+                    // A uid change waiting for this exec (a setuid program) names the program
+                    // it ran; it follows the program's start.
+                    let setids = self.take_pending(tgid);
+                    let setids: Vec<Event> = setids.into_iter().map(|s| in_exec_context(s, &ev)).collect();
                     emit(ev, program);
+                    for s in setids {
+                        emit(s, None);
+                    }
                 }
                 ConnEvent::Exit { pid, tgid, exit_code, parent_tgid } if pid == tgid => {
-                    emit(self.on_exit(tgid, exit_code, parent_tgid, m.timestamp_ns, ts), None);
+                    for s in self.take_pending(tgid) {
+                        emit(s, None);
+                    }
+                    emit(self.on_exit(tgid, exit_code, parent_tgid, m.timestamp_ns, ts, fs), None);
+                }
+                ConnEvent::Uid { pid, tgid, ruid, euid } => {
+                    let change = IdChange::User { real: ruid, effective: euid };
+                    self.on_setid(pid, tgid, change, i, m.timestamp_ns, ts, fs, emit);
+                }
+                ConnEvent::Gid { pid, tgid, rgid, egid } => {
+                    let change = IdChange::Group { real: rgid, effective: egid };
+                    self.on_setid(pid, tgid, change, i, m.timestamp_ns, ts, fs, emit);
                 }
                 _ => {}
             }
@@ -342,7 +399,12 @@ impl Tracker {
                 p.resolved_executable = Some(f.running.clone());
                 let name = p.name.clone().unwrap_or_else(|| procfs::base_name(&f.path).to_string());
                 p.name = Some(name.clone());
-                image = Some(Image { name, executable: Some(f.path.clone()), command_line: None });
+                image = Some(Image {
+                    name,
+                    executable: Some(f.path.clone()),
+                    command_line: None,
+                    resolved: Some(f.running.clone()),
+                });
             }
         }
         if let Some(why) = hash::fileless_reason(p.resolved_executable.as_deref(), p.executable.as_deref()) {
@@ -373,13 +435,171 @@ impl Tracker {
         }
         if let Some(ids) = snap.ids {
             ev.user = Some(User { id: Some(ids.euid.to_string()), name: fs.user_name(ids.euid) });
+            set_user_ids(&mut p, ids.uid, ids.euid, fs);
+            set_group_ids(&mut p, ids.gid, ids.egid);
         }
         if let Some(ppid) = ppid.filter(|&p| p != 0) {
             p.parent = Some(self.parent(ppid, fs));
         }
         self.cache.exec(pid, ppid, image, p.start_ticks, mono_ns);
+        if let Some(ids) = snap.ids {
+            self.cache.set_ids(pid, ids);
+        }
         ev.process = Some(p);
         (ev, program, vanished, with_path)
+    }
+
+    /// A uid or gid change of task `pid` of process `tgid`, the `i`th message of the batch.
+    ///
+    /// The kernel sends it from `commit_creds`, for every thread (glibc applies set*id to all
+    /// threads) and for changes of the saved and filesystem ids too: a change that leaves the
+    /// real and effective ids the table knows as they were is not reported. The table takes the
+    /// new ids, so the process's later events carry them.
+    ///
+    /// The exec of a setuid or setgid program changes the effective id *before* the kernel sends
+    /// the exec: the table still shows the program that called execve. So a change that kept the
+    /// real id (what such an exec does) waits for that exec when one follows in the batch, or
+    /// when /proc/PID/exe already shows another file than the table knows; it is sent after the
+    /// exec's `process.start`, with its program. It waits at most [`SETID_WAIT_NS`] (see
+    /// [`Tracker::flush_setid`]) or until the process exits. A change of the real id is a
+    /// set*id call: it is sent at once, with the program the table knows.
+    #[allow(clippy::too_many_arguments)]
+    fn on_setid(
+        &mut self,
+        pid: u32,
+        tgid: u32,
+        change: IdChange,
+        i: usize,
+        mono_ns: u64,
+        ts: Timestamp,
+        fs: &mut impl Procfs,
+        emit: &mut impl FnMut(Event, Option<Program>),
+    ) {
+        let old = self.cache.peek(tgid).and_then(|e| e.ids);
+        let same = |o: procfs::Ids| match change {
+            IdChange::User { real, effective } => (o.uid, o.euid) == (real, effective),
+            IdChange::Group { real, effective } => (o.gid, o.egid) == (real, effective),
+        };
+        if old.is_some_and(same) {
+            return;
+        }
+        // What /proc shows now: the file running, and the ids the message does not carry.
+        let mut snap = Snapshot::default();
+        fs.read_part(tgid, Part::Files, &mut snap);
+        fs.read_part(tgid, Part::Task, &mut snap);
+        let new = old.or(snap.ids).map(|mut ids| {
+            match change {
+                IdChange::User { real, effective } => (ids.uid, ids.euid) = (real, effective),
+                IdChange::Group { real, effective } => (ids.gid, ids.egid) = (real, effective),
+            }
+            ids
+        });
+        let real_kept = old.is_none_or(|o| match change {
+            IdChange::User { real, .. } => o.uid == real,
+            IdChange::Group { real, .. } => o.gid == real,
+        });
+        let mut ev = base_event(EventKind::ProcessSetid, ts);
+        ev.event.action = Some(match change {
+            IdChange::User { .. } => "uid_change".to_string(),
+            IdChange::Group { .. } => "gid_change".to_string(),
+        });
+        let (mut p, container) = self.table_context(tgid, &snap, fs);
+        let known_file =
+            self.cache.peek(tgid).and_then(|e| e.image.as_ref()).and_then(|i| i.resolved.clone());
+        match (change, new) {
+            (_, Some(ids)) => {
+                set_user_ids(&mut p, ids.uid, ids.euid, fs);
+                set_group_ids(&mut p, ids.gid, ids.egid);
+            }
+            (IdChange::User { real, effective }, None) => set_user_ids(&mut p, real, effective, fs),
+            (IdChange::Group { real, effective }, None) => set_group_ids(&mut p, real, effective),
+        }
+        if let Some(o) = old {
+            p.previous_user = Some(User { id: Some(o.euid.to_string()), name: None });
+            p.previous_group = Some(Group { id: Some(o.egid.to_string()), name: None });
+        }
+        ev.user.clone_from(&p.user);
+        ev.process = Some(p);
+        ev.container = container;
+        if let Some(ids) = new {
+            self.cache.set_ids(tgid, ids);
+        }
+        if pid != tgid {
+            ev.message = Some(format!("changed by thread {pid}"));
+        }
+        let exec_follows = self.last_exec.get(&tgid).is_some_and(|&j| j > i);
+        let exec_running = known_file.is_none() || snap.exe != known_file;
+        if real_kept && (exec_follows || exec_running) {
+            if self.pending.len() >= MAX_PENDING_SETID
+                && let Some(oldest) = self.pending.pop_front()
+            {
+                emit(oldest.ev, None);
+            }
+            self.pending.push_back(PendingSetid { tgid, mono_ns, ev });
+        } else {
+            emit(ev, None);
+        }
+    }
+
+    /// The uid/gid changes of `tgid` waiting for its exec.
+    fn take_pending(&mut self, tgid: u32) -> Vec<Event> {
+        if !self.pending.iter().any(|p| p.tgid == tgid) {
+            return Vec::new();
+        }
+        let (mine, rest) = std::mem::take(&mut self.pending).into_iter().partition(|p| p.tgid == tgid);
+        self.pending = rest;
+        mine.into_iter().map(|p: PendingSetid| p.ev).collect::<Vec<_>>()
+    }
+
+    /// Send the uid/gid changes that waited [`SETID_WAIT_NS`] for an exec that did not come (a
+    /// seteuid call while /proc already showed the next program, or a lost exec message) as they
+    /// are, with the program the table knew. `now_mono_ns`: CLOCK_MONOTONIC now (`u64::MAX`:
+    /// all of them, when the source stops).
+    pub fn flush_setid(&mut self, now_mono_ns: u64, emit: &mut impl FnMut(Event, Option<Program>)) {
+        while let Some(p) = self.pending.front() {
+            if now_mono_ns.saturating_sub(p.mono_ns) < SETID_WAIT_NS {
+                break;
+            }
+            if let Some(p) = self.pending.pop_front() {
+                emit(p.ev, None);
+            }
+        }
+    }
+
+    /// `process.*` and `container.*` of `pid` from the table and from `snap` (what /proc shows
+    /// now: the file running, stat, cgroup).
+    fn table_context(
+        &mut self,
+        pid: u32,
+        snap: &Snapshot,
+        fs: &mut impl Procfs,
+    ) -> (Process, Option<Container>) {
+        let mut p = Process { pid: Some(pid), ..Process::default() };
+        let entry = self.cache.get(pid).cloned();
+        if let Some(img) = entry.as_ref().and_then(|e| e.image.as_ref()) {
+            p.name = Some(img.name.clone());
+            p.executable.clone_from(&img.executable);
+            p.command_line.clone_from(&img.command_line);
+        } else {
+            p.name = snap.stat.as_ref().map(|s| s.comm.clone());
+        }
+        p.resolved_executable = snap.exe.clone();
+        p.start_ticks =
+            entry.as_ref().and_then(|e| e.start_ticks).or(snap.stat.as_ref().map(|s| s.start_ticks));
+        let mut container = None;
+        if let Some(cg) = &snap.cgroup {
+            if cg.path != "/" {
+                p.cgroup = Some(cg.path.clone());
+            }
+            if let Some(id) = &cg.container_id {
+                container = Some(Container { id: id.clone(), runtime: cg.runtime.map(str::to_string) });
+            }
+        }
+        let ppid = entry.and_then(|e| e.ppid).or(snap.stat.as_ref().map(|s| s.ppid)).filter(|&p| p != 0);
+        if let Some(ppid) = ppid {
+            p.parent = Some(self.parent(ppid, fs));
+        }
+        (p, container)
     }
 
     /// `process.parent.*` for `ppid`: from the table, else read from /proc once and remembered.
@@ -406,6 +626,7 @@ impl Tracker {
         parent_tgid: Option<u32>,
         mono_ns: u64,
         ts: Timestamp,
+        fs: &mut impl Procfs,
     ) -> Event {
         let mut ev = base_event(EventKind::ProcessExit, ts);
         let entry = self.cache.remove(pid);
@@ -427,6 +648,10 @@ impl Tracker {
             }
             p.start_ticks = e.start_ticks;
             ev.event.duration = e.start_ns.map(|s| mono_ns.saturating_sub(s));
+            // The effective user it last ran as: a uid change since its exec is in the table.
+            if let Some(ids) = e.ids {
+                ev.user = Some(User { id: Some(ids.euid.to_string()), name: fs.user_name(ids.euid) });
+            }
         }
         if let Some(ppid) = ppid {
             let img = self.cache.peek(ppid).and_then(|e| e.image.clone());
@@ -453,6 +678,35 @@ pub fn decode_exit(status: u32) -> (i32, Option<u32>) {
     }
 }
 
+/// `process.user` and `process.real_user`.
+fn set_user_ids(p: &mut Process, real: u32, effective: u32, fs: &mut impl Procfs) {
+    p.user = Some(User { id: Some(effective.to_string()), name: fs.user_name(effective) });
+    p.real_user = Some(User { id: Some(real.to_string()), name: fs.user_name(real) });
+}
+
+/// `process.group` and `process.real_group` (ids only: group names are not looked up).
+fn set_group_ids(p: &mut Process, real: u32, effective: u32) {
+    p.group = Some(Group { id: Some(effective.to_string()), name: None });
+    p.real_group = Some(Group { id: Some(real.to_string()), name: None });
+}
+
+/// A uid/gid change that waited for its exec, given the exec's program: `start`'s process
+/// context with the change's own ids.
+fn in_exec_context(mut setid: Event, start: &Event) -> Event {
+    let ids = setid.process.take().unwrap_or_default();
+    let mut p = start.process.clone().unwrap_or_default();
+    p.user = ids.user;
+    p.real_user = ids.real_user;
+    p.group = ids.group;
+    p.real_group = ids.real_group;
+    p.previous_user = ids.previous_user;
+    p.previous_group = ids.previous_group;
+    p.hash = None;
+    setid.process = Some(p);
+    setid.container.clone_from(&start.container);
+    setid
+}
+
 fn image_of(snap: &Snapshot) -> Image {
     let executable = snap.executable();
     let name = match (&executable, &snap.stat) {
@@ -462,7 +716,7 @@ fn image_of(snap: &Snapshot) -> Image {
     };
     let command_line =
         snap.argv.as_ref().map(|a| cache::truncate(&a.join(" "), cache::MAX_CACHED_COMMAND_LINE).to_string());
-    Image { name, executable, command_line }
+    Image { name, executable, command_line, resolved: snap.exe.clone() }
 }
 
 fn base_event(kind: EventKind, ts: Timestamp) -> Event {
@@ -753,6 +1007,15 @@ fn reader(
     let mut shown_policy = governor.policy();
     loop {
         governor.tick();
+        // uid/gid changes whose exec did not come in time go out as they are.
+        let now = u64::try_from(clock_ns(rustix::time::ClockId::Monotonic)).unwrap_or(0);
+        let mut unhashed = 0u64;
+        tracker.flush_setid(now, &mut |ev, program| {
+            if !deliver(out, hasher.as_ref(), ev, program, &mut unhashed) {
+                closed = true;
+            }
+        });
+        st.unhashed += unhashed;
         st.overruns = overruns;
         if let Some(h) = &hasher {
             st.changed = h.counts.changed.load(Ordering::Relaxed);
@@ -813,6 +1076,12 @@ fn reader(
             st.vanished_with_path += counts.vanished_with_path;
             out.count_drop("vanished", counts.vanished);
         }
+    }
+    if !closed {
+        let mut unhashed = 0u64;
+        tracker.flush_setid(u64::MAX, &mut |ev, program| {
+            deliver(out, hasher.as_ref(), ev, program, &mut unhashed);
+        });
     }
     Ok(())
 }
@@ -1052,6 +1321,169 @@ mod tests {
         assert!(t.cache().peek(11).is_none());
         let reaped = evs[3].process.as_ref().unwrap();
         assert_eq!(reaped.parent.as_ref().unwrap().pid, Some(10), "parent 0 from the kernel: the fork's");
+    }
+
+    fn uid(pid: u32, ruid: u32, euid: u32) -> ConnEvent {
+        ConnEvent::Uid { pid, tgid: pid, ruid, euid }
+    }
+
+    fn uid_of(u: Option<&User>) -> Option<&str> {
+        u.and_then(|u| u.id.as_deref())
+    }
+
+    fn gid_of(g: Option<&Group>) -> Option<&str> {
+        g.and_then(|g| g.id.as_deref())
+    }
+
+    /// Effective, real, previous uid; effective, real, previous gid.
+    fn ids_of(ev: &Event) -> [Option<&str>; 6] {
+        let p = ev.process.as_ref().unwrap();
+        [
+            uid_of(p.user.as_ref()),
+            uid_of(p.real_user.as_ref()),
+            uid_of(p.previous_user.as_ref()),
+            gid_of(p.group.as_ref()),
+            gid_of(p.real_group.as_ref()),
+            gid_of(p.previous_group.as_ref()),
+        ]
+    }
+
+    /// Root runs `sh`, which drops to 65534 (setresgid, setresuid: the real ids change): each
+    /// change is sent at once, with the program the table knows and the ids before it; a thread
+    /// repeating it is not; the exit carries the new user.
+    #[test]
+    fn setid_calls_are_reported_at_once_with_the_ids_before() {
+        let mut fs = FakeProc::default();
+        let mut sh = snap(&["sh", "-c", "x"], "/bin/sh", "/usr/bin/dash", 1);
+        sh.ids = Some(Ids { uid: 0, euid: 0, gid: 0, egid: 0 });
+        fs.procs.insert(10, sh);
+        let mut t = Tracker::default();
+        let (evs, _) = run(
+            &mut t,
+            &mut fs,
+            &[
+                msg(0, 1, ConnEvent::Exec { pid: 10, tgid: 10 }),
+                msg(1, 2, ConnEvent::Gid { pid: 10, tgid: 10, rgid: 65534, egid: 65534 }),
+                msg(2, 3, uid(10, 65534, 65534)),
+                // Another thread of 10 applying the same change (glibc's set*id broadcast).
+                msg(3, 4, ConnEvent::Uid { pid: 12, tgid: 10, ruid: 65534, euid: 65534 }),
+                msg(4, 5, ConnEvent::Exit { pid: 10, tgid: 10, exit_code: 0, parent_tgid: Some(1) }),
+            ],
+        );
+        let kinds: Vec<_> = evs.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                EventKind::ProcessStart,
+                EventKind::ProcessSetid,
+                EventKind::ProcessSetid,
+                EventKind::ProcessExit
+            ]
+        );
+        assert_eq!(ids_of(&evs[0])[..2], [Some("0"), Some("0")], "process.start carries the ids too");
+        let gid = &evs[1];
+        assert_eq!(gid.event.action.as_deref(), Some("gid_change"));
+        assert_eq!(ids_of(gid), [Some("0"), Some("0"), Some("0"), Some("65534"), Some("65534"), Some("0")]);
+        let setuid = &evs[2];
+        assert_eq!(setuid.event.action.as_deref(), Some("uid_change"));
+        assert_eq!(setuid.timestamp, Timestamp::from_unix_nanos(1_003));
+        assert_eq!(
+            ids_of(setuid),
+            [Some("65534"), Some("65534"), Some("0"), Some("65534"), Some("65534"), Some("65534")]
+        );
+        assert_eq!(setuid.user.as_ref().unwrap().id.as_deref(), Some("65534"));
+        let p = setuid.process.as_ref().unwrap();
+        assert_eq!((p.pid, p.executable.as_deref()), (Some(10), Some("/bin/sh")));
+        assert_eq!(p.command_line.as_deref(), Some("sh -c x"));
+        assert_eq!(p.start_ticks, Some(4242));
+        assert_eq!(p.parent.as_ref().unwrap().pid, Some(1));
+        assert_eq!(
+            evs[3].user.as_ref().unwrap().id.as_deref(),
+            Some("65534"),
+            "the exit's user is the new one"
+        );
+    }
+
+    /// The exec of a setuid-root program by 65534: the kernel sends the uid change before the
+    /// exec. Whether the exec is in the same batch or comes later, the change is sent after the
+    /// program's `process.start` and names that program; without an exec it waits at most
+    /// SETID_WAIT_NS.
+    #[test]
+    fn a_setuid_exec_names_the_program_it_ran() {
+        let mut fs = FakeProc::default();
+        let mut sh = snap(&["sh"], "/bin/sh", "/usr/bin/dash", 1);
+        sh.ids = Some(Ids { uid: 65534, euid: 65534, gid: 65534, egid: 65534 });
+        fs.procs.insert(10, sh.clone());
+        let mut t = Tracker::default();
+        let (evs, _) = run(&mut t, &mut fs, &[msg(0, 1, ConnEvent::Exec { pid: 10, tgid: 10 })]);
+        assert_eq!(evs.len(), 1);
+        // Same batch: the fork's child execs /usr/bin/su (setuid root).
+        let mut su = snap(&["su", "-"], "/usr/bin/su", "/usr/bin/su", 10);
+        su.ids = Some(Ids { uid: 65534, euid: 0, gid: 65534, egid: 65534 });
+        fs.procs.insert(11, su.clone());
+        let (evs, _) = run(
+            &mut t,
+            &mut fs,
+            &[
+                msg(1, 2, ConnEvent::Fork { parent_tgid: 10, child_pid: 11, child_tgid: 11 }),
+                msg(2, 3, uid(11, 65534, 0)),
+                msg(3, 4, ConnEvent::Exec { pid: 11, tgid: 11 }),
+            ],
+        );
+        let kinds: Vec<_> = evs.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, [EventKind::ProcessStart, EventKind::ProcessSetid]);
+        let setid = &evs[1];
+        assert_eq!(setid.timestamp, Timestamp::from_unix_nanos(1_003), "the kernel's time of the change");
+        assert_eq!(ids_of(setid)[..3], [Some("0"), Some("65534"), Some("65534")]);
+        let p = setid.process.as_ref().unwrap();
+        assert_eq!(p.executable.as_deref(), Some("/usr/bin/su"));
+        assert_eq!(p.args.as_ref().unwrap(), &["su", "-"]);
+        assert_eq!(p.parent.as_ref().unwrap().pid, Some(10));
+        // Another batch: /proc already shows the new file when the change is handled, and the
+        // exec comes in the next batch.
+        fs.procs.insert(12, su);
+        let (evs, _) = run(
+            &mut t,
+            &mut fs,
+            &[
+                msg(4, 5, ConnEvent::Fork { parent_tgid: 10, child_pid: 12, child_tgid: 12 }),
+                msg(5, 6, uid(12, 65534, 0)),
+            ],
+        );
+        assert!(evs.is_empty(), "waits for its exec: {evs:#?}");
+        let (evs, _) = run(&mut t, &mut fs, &[msg(6, 7, ConnEvent::Exec { pid: 12, tgid: 12 })]);
+        assert_eq!(evs.len(), 2);
+        assert_eq!(evs[1].kind, EventKind::ProcessSetid);
+        assert_eq!(evs[1].process.as_ref().unwrap().executable.as_deref(), Some("/usr/bin/su"));
+        // A seteuid call while /proc shows the program the table knows is sent at once.
+        fs.procs.insert(12, {
+            let mut s = snap(&["su", "-"], "/usr/bin/su", "/usr/bin/su", 10);
+            s.ids = Some(Ids { uid: 65534, euid: 0, gid: 65534, egid: 65534 });
+            s
+        });
+        let (evs, _) = run(&mut t, &mut fs, &[msg(7, 8, uid(12, 65534, 65534))]);
+        assert_eq!(evs.len(), 1);
+        assert_eq!(ids_of(&evs[0])[..3], [Some("65534"), Some("65534"), Some("0")]);
+        // A change whose exec never comes (another file in /proc, no exec message) goes out
+        // after SETID_WAIT_NS, as it is.
+        fs.procs.insert(13, snap(&["x"], "/x", "/usr/bin/other", 10));
+        let (evs, _) = run(
+            &mut t,
+            &mut fs,
+            &[
+                msg(8, 100, ConnEvent::Fork { parent_tgid: 10, child_pid: 13, child_tgid: 13 }),
+                msg(9, 200, uid(13, 65534, 0)),
+            ],
+        );
+        assert!(evs.is_empty());
+        let mut out = Vec::new();
+        t.flush_setid(200 + SETID_WAIT_NS - 1, &mut |e, _| out.push(e));
+        assert!(out.is_empty());
+        t.flush_setid(200 + SETID_WAIT_NS, &mut |e, _| out.push(e));
+        assert_eq!(out.len(), 1);
+        let p = out[0].process.as_ref().unwrap();
+        assert_eq!(p.executable.as_deref(), Some("/bin/sh"), "the table's program");
+        assert_eq!(p.resolved_executable.as_deref(), Some("/usr/bin/other"), "what /proc showed");
     }
 
     #[test]

@@ -713,3 +713,196 @@ async fn polls_proc_outside_the_initial_network_namespace_and_without_privileges
         assert!(status.starts_with("running (degraded: polling /proc every 0.2s ("), "{status}");
     }
 }
+
+impl Running {
+    /// Every event of `pid` (`process.pid`) up to and including its `process.exit`.
+    async fn events_until_exit(&mut self, pid: u32) -> Vec<Event> {
+        let mut evs = Vec::new();
+        loop {
+            let of_pid = |e: &Event| e.process.as_ref().is_some_and(|p| p.pid == Some(pid));
+            let ev = self.next_where("an event of our child", of_pid).await;
+            let exit = ev.kind == EventKind::ProcessExit;
+            evs.push(ev);
+            if exit {
+                return evs;
+            }
+        }
+    }
+}
+
+/// (effective, real, previous) uid, then the same for gids, of a `process.setid`.
+fn setid_ids(ev: &Event) -> [Option<String>; 6] {
+    let p = ev.process.as_ref().unwrap();
+    let u = |u: Option<&picket_event::User>| u.and_then(|u| u.id.clone());
+    let g = |g: Option<&picket_event::Group>| g.and_then(|g| g.id.clone());
+    [
+        u(p.user.as_ref()),
+        u(p.real_user.as_ref()),
+        u(p.previous_user.as_ref()),
+        g(p.group.as_ref()),
+        g(p.real_group.as_ref()),
+        g(p.previous_group.as_ref()),
+    ]
+}
+
+fn ids(v: [&str; 6]) -> [Option<String>; 6] {
+    v.map(|s| Some(s.to_string()))
+}
+
+/// Root drops to nobody with setpriv (setresuid, setresgid, then exec): two
+/// `process.setid` events naming setpriv, with the ids before and after; the program it then
+/// runs and its exit carry the new user.
+#[tokio::test]
+async fn dropping_privileges_is_reported_with_the_ids_before_and_after() {
+    if skip_unless_root("dropping_privileges_is_reported_with_the_ids_before_and_after") {
+        return;
+    }
+    let Ok(setpriv) = which("setpriv") else {
+        eprintln!("\n!!!!!!!! SKIPPED (needs setpriv from util-linux) !!!!!!!!\n");
+        return;
+    };
+    let mut src = start().await;
+    let child = Command::new(&setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sleep", "0.2"])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let evs = src.events_until_exit(pid).await;
+    let setids: Vec<&Event> = evs.iter().filter(|e| e.kind == EventKind::ProcessSetid).collect();
+    assert_eq!(setids.len(), 2, "{evs:#?}");
+    // setpriv sets the uid first (keeping its capabilities), then the gid.
+    let by_action = |a: &str| *setids.iter().find(|e| e.event.action.as_deref() == Some(a)).unwrap();
+    let (uid, gid) = (by_action("uid_change"), by_action("gid_change"));
+    assert_eq!(setid_ids(uid)[..3], ids(["65534", "65534", "0", "", "", ""])[..3], "{uid:#?}");
+    assert_eq!(setid_ids(gid)[3..], ids(["", "", "", "65534", "65534", "0"])[3..], "{gid:#?}");
+    assert_eq!(uid.user.as_ref().unwrap().id.as_deref(), Some("65534"));
+    for ev in [gid, uid] {
+        let p = ev.process.as_ref().unwrap();
+        assert_eq!(p.executable.as_deref(), Some(setpriv.as_str()), "{ev:#?}");
+        assert_eq!(p.parent.as_ref().unwrap().pid, Some(std::process::id()));
+        assert!(p.start_ticks.is_some());
+        assert_eq!(ev.event.module.as_deref(), Some("netlink"));
+    }
+    // The kernel's order: the changes, then the exec of sleep (as nobody), then the exit.
+    let start = evs
+        .iter()
+        .find(|e| {
+            e.kind == EventKind::ProcessStart
+                && e.process.as_ref().unwrap().executable.as_deref() == Some("/bin/sleep")
+        })
+        .expect("start of sleep");
+    assert_eq!(start.user.as_ref().unwrap().id.as_deref(), Some("65534"));
+    let exit = evs.last().unwrap();
+    assert_eq!(exit.user.as_ref().unwrap().id.as_deref(), Some("65534"), "the table has the new user");
+    src.stop().await;
+}
+
+/// A setuid-root copy of `id` the test made, removed on drop (also when the test fails).
+struct SetuidCopy {
+    dir: tempfile::TempDir,
+    path: String,
+}
+
+impl Drop for SetuidCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(self.dir.path());
+    }
+}
+
+/// `id` copied into a fresh directory under the target dir, owned by root, mode 4755; `Err`
+/// with why when it cannot run setuid there (a nosuid mount, a directory nobody cannot enter).
+fn setuid_copy_of_id() -> Result<SetuidCopy, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let vfs = rustix::fs::statvfs(base).map_err(|e| format!("statvfs {}: {e}", base.display()))?;
+    if vfs.f_flag.contains(rustix::fs::StatVfsMountFlags::NOSUID) {
+        return Err(format!("{} is on a nosuid mount", base.display()));
+    }
+    let dir = tempfile::tempdir_in(base).map_err(|e| e.to_string())?;
+    let real = std::fs::canonicalize(dir.path()).map_err(|e| e.to_string())?;
+    let path = real.join("picket-setuid-id").to_str().ok_or("path is not UTF-8")?.to_string();
+    let copy = SetuidCopy { dir, path };
+    std::fs::set_permissions(copy.dir.path(), std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    std::fs::copy("/usr/bin/id", &copy.path).map_err(|e| format!("copying /usr/bin/id: {e}"))?;
+    std::os::unix::fs::chown(&copy.path, Some(0), Some(0)).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&copy.path, std::fs::Permissions::from_mode(0o4755))
+        .map_err(|e| e.to_string())?;
+    // Every directory up to it must let nobody through.
+    let mut d = real.as_path();
+    while let Some(parent) = d.parent() {
+        let mode = std::fs::metadata(d).map_err(|e| e.to_string())?.permissions().mode();
+        if mode & 0o001 == 0 {
+            return Err(format!("{} is not searchable by others", d.display()));
+        }
+        d = parent;
+    }
+    Ok(copy)
+}
+
+fn which(prog: &str) -> Result<String, ()> {
+    ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+        .iter()
+        .map(|d| format!("{d}/{prog}"))
+        .find(|p| std::path::Path::new(p).exists())
+        .ok_or(())
+}
+
+/// nobody runs a setuid-root program (a copy of `id` the test made): a `process.setid` with
+/// effective uid 0, real uid 65534 and previous uid 65534, naming the setuid program (the kernel
+/// sends the change before the exec; the source waits for the exec to name it).
+#[tokio::test]
+async fn running_a_setuid_program_is_reported_as_becoming_root() {
+    if skip_unless_root("running_a_setuid_program_is_reported_as_becoming_root") {
+        return;
+    }
+    let Ok(setpriv) = which("setpriv") else {
+        eprintln!("\n!!!!!!!! SKIPPED (needs setpriv from util-linux) !!!!!!!!\n");
+        return;
+    };
+    let copy = match setuid_copy_of_id() {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("\n!!!!!!!! SKIPPED (no setuid copy of id: {why}) !!!!!!!!\n");
+            return;
+        }
+    };
+    let mut src = start().await;
+    let child = Command::new(&setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", &copy.path, "-u"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "the copy runs setuid root");
+    let evs = src.events_until_exit(pid).await;
+    let root = evs
+        .iter()
+        .find(|e| e.kind == EventKind::ProcessSetid && setid_ids(e)[0].as_deref() == Some("0"))
+        .unwrap_or_else(|| panic!("no change to euid 0: {evs:#?}"));
+    assert_eq!(root.event.action.as_deref(), Some("uid_change"));
+    assert_eq!(setid_ids(root)[..3], ids(["0", "65534", "65534", "", "", ""])[..3]);
+    assert_eq!(setid_ids(root)[3..5], ids(["65534", "65534", "", "", "", ""])[..2], "groups unchanged");
+    assert_eq!(root.user.as_ref().unwrap().id.as_deref(), Some("0"));
+    assert_eq!(root.user.as_ref().unwrap().name.as_deref(), Some("root"));
+    let p = root.process.as_ref().unwrap();
+    assert_eq!(
+        p.executable.as_deref(),
+        Some(copy.path.as_str()),
+        "the setuid program, not setpriv: {root:#?}"
+    );
+    assert_eq!(p.parent.as_ref().unwrap().pid, Some(std::process::id()));
+    // It comes after the start of the program it ran.
+    let root_at = evs.iter().position(|e| std::ptr::eq(e, root));
+    let start_at = evs.iter().position(|e| {
+        e.kind == EventKind::ProcessStart
+            && e.process.as_ref().unwrap().executable.as_deref() == Some(copy.path.as_str())
+    });
+    assert!(start_at.is_some() && start_at < root_at, "{evs:#?}");
+    drop(copy);
+    src.stop().await;
+}

@@ -55,6 +55,10 @@ pub enum EventKind {
     ProcessStart,
     #[serde(rename = "process.exit")]
     ProcessExit,
+    /// A process's real or effective user or group id changed (set*id, or the exec of a
+    /// setuid/setgid program).
+    #[serde(rename = "process.setid")]
+    ProcessSetid,
     #[serde(rename = "file.create")]
     FileCreate,
     #[serde(rename = "file.modify")]
@@ -85,9 +89,10 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::ProcessStart,
         EventKind::ProcessExit,
+        EventKind::ProcessSetid,
         EventKind::FileCreate,
         EventKind::FileModify,
         EventKind::FileDelete,
@@ -108,6 +113,7 @@ impl EventKind {
         match self {
             EventKind::ProcessStart => "process.start",
             EventKind::ProcessExit => "process.exit",
+            EventKind::ProcessSetid => "process.setid",
             EventKind::FileCreate => "file.create",
             EventKind::FileModify => "file.modify",
             EventKind::FileDelete => "file.delete",
@@ -417,6 +423,27 @@ pub struct Process {
     /// The process's cgroup (v2 path, e.g. `/system.slice/ssh.service`), when not the root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// ECS `process.user.*`: the effective user (`process.start`, `process.setid`; after the
+    /// change on `process.setid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<User>,
+    /// ECS `process.real_user.*`: the real user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub real_user: Option<User>,
+    /// ECS `process.group.*`: the effective group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Group>,
+    /// ECS `process.real_group.*`: the real group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub real_group: Option<Group>,
+    /// `process.setid` only (picket's own, not ECS): the effective user before the change, as
+    /// the process table knew it; absent when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_user: Option<User>,
+    /// `process.setid` only (picket's own, not ECS): the effective group before the change, as
+    /// the process table knew it; absent when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_group: Option<Group>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentProcess>,
 }
@@ -543,6 +570,16 @@ pub struct User {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+}
+
+/// ECS `group.*`, as `process.group` and `process.real_group`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Group {
+    /// The numeric group id, as text (ECS: keyword).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// ECS `rule.*`: the policy rule behind an alert or action.
@@ -689,6 +726,32 @@ mod tests {
         ev.event.action = Some("password".into());
         let v = serde_json::to_value(&ev).unwrap();
         assert_eq!(v["event"]["action"], "password");
+        assert_eq!(serde_json::from_value::<Event>(v).unwrap(), ev);
+    }
+
+    #[test]
+    fn setid_ids_use_ecs_names_and_round_trip() {
+        let mut ev = Event::new(EventKind::ProcessSetid, Timestamp::from_unix_nanos(5));
+        let uid = |id: &str| Some(User { id: Some(id.into()), name: None });
+        let gid = |id: &str| Some(Group { id: Some(id.into()), name: None });
+        ev.process = Some(Process {
+            pid: Some(7),
+            user: uid("0"),
+            real_user: uid("1000"),
+            group: gid("0"),
+            real_group: gid("1000"),
+            previous_user: uid("1000"),
+            previous_group: gid("1000"),
+            ..Process::default()
+        });
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["kind"], "process.setid");
+        assert_eq!(v["process"]["user"]["id"], "0");
+        assert_eq!(v["process"]["real_user"]["id"], "1000");
+        assert_eq!(v["process"]["group"]["id"], "0");
+        assert_eq!(v["process"]["real_group"]["id"], "1000");
+        assert_eq!(v["process"]["previous_user"]["id"], "1000");
+        assert_eq!(v["process"]["previous_group"]["id"], "1000");
         assert_eq!(serde_json::from_value::<Event>(v).unwrap(), ev);
     }
 

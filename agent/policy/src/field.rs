@@ -54,6 +54,11 @@ pub enum Group {
     Process,
     /// `process.exit_code`: only `process.exit`.
     ProcessExit,
+    /// `process.user.*`, `process.real_user.*`, `process.group.id`, `process.real_group.id`:
+    /// the ids the process runs with, on `process.start` and `process.setid`.
+    ProcessIds,
+    /// `process.previous_user.id`, `process.previous_group.id`: only `process.setid`.
+    ProcessSetid,
     File,
     /// `file.target_path`: only `file.rename`.
     FileRename,
@@ -76,6 +81,7 @@ pub fn carries(kind: EventKind, group: Group) -> bool {
             kind,
             K::ProcessStart
                 | K::ProcessExit
+                | K::ProcessSetid
                 | K::FileCreate
                 | K::FileModify
                 | K::FileDelete
@@ -89,6 +95,8 @@ pub fn carries(kind: EventKind, group: Group) -> bool {
                 | K::Action
         ),
         G::ProcessExit => matches!(kind, K::ProcessExit | K::Alert | K::Action),
+        G::ProcessIds => matches!(kind, K::ProcessStart | K::ProcessSetid | K::Alert | K::Action),
+        G::ProcessSetid => matches!(kind, K::ProcessSetid | K::Alert | K::Action),
         G::File => matches!(
             kind,
             K::FileCreate
@@ -110,6 +118,7 @@ pub fn carries(kind: EventKind, group: Group) -> bool {
             kind,
             K::ProcessStart
                 | K::ProcessExit
+                | K::ProcessSetid
                 | K::FileCreate
                 | K::FileModify
                 | K::FileDelete
@@ -160,6 +169,14 @@ fields! {
     ProcessFilelessReason = "process.fileless_reason": Str in Process;
     ProcessCgroup = "process.cgroup": Str in Process;
     ContainerId = "container.id": Str in Process;
+    ProcessUserId = "process.user.id": Str in ProcessIds;
+    ProcessUserName = "process.user.name": Str in ProcessIds;
+    ProcessRealUserId = "process.real_user.id": Str in ProcessIds;
+    ProcessRealUserName = "process.real_user.name": Str in ProcessIds;
+    ProcessGroupId = "process.group.id": Str in ProcessIds;
+    ProcessRealGroupId = "process.real_group.id": Str in ProcessIds;
+    ProcessPreviousUserId = "process.previous_user.id": Str in ProcessSetid;
+    ProcessPreviousGroupId = "process.previous_group.id": Str in ProcessSetid;
     ProcessParentPid = "process.parent.pid": Num in Process;
     ProcessParentName = "process.parent.name": Str in Process;
     ProcessParentExecutable = "process.parent.executable": Str in Process;
@@ -279,6 +296,22 @@ impl Field {
             F::ProcessFilelessReason => text(p().and_then(|p| p.fileless_reason.as_ref())),
             F::ProcessCgroup => text(p().and_then(|p| p.cgroup.as_ref())),
             F::ContainerId => ev.container.as_ref().map_or(Val::Missing, |c| Val::Str(&c.id)),
+            F::ProcessUserId => text(p().and_then(|p| p.user.as_ref()).and_then(|u| u.id.as_ref())),
+            F::ProcessUserName => text(p().and_then(|p| p.user.as_ref()).and_then(|u| u.name.as_ref())),
+            F::ProcessRealUserId => text(p().and_then(|p| p.real_user.as_ref()).and_then(|u| u.id.as_ref())),
+            F::ProcessRealUserName => {
+                text(p().and_then(|p| p.real_user.as_ref()).and_then(|u| u.name.as_ref()))
+            }
+            F::ProcessGroupId => text(p().and_then(|p| p.group.as_ref()).and_then(|g| g.id.as_ref())),
+            F::ProcessRealGroupId => {
+                text(p().and_then(|p| p.real_group.as_ref()).and_then(|g| g.id.as_ref()))
+            }
+            F::ProcessPreviousUserId => {
+                text(p().and_then(|p| p.previous_user.as_ref()).and_then(|u| u.id.as_ref()))
+            }
+            F::ProcessPreviousGroupId => {
+                text(p().and_then(|p| p.previous_group.as_ref()).and_then(|g| g.id.as_ref()))
+            }
             F::ProcessParentPid => num(pp().and_then(|p| p.pid)),
             F::ProcessParentName => text(pp().and_then(|p| p.name.as_ref())),
             F::ProcessParentExecutable => text(pp().and_then(|p| p.executable.as_ref())),
@@ -454,5 +487,42 @@ mod tests {
         assert_eq!(Field::ProcessResolvedExecutable.get(&ev), Val::Str("/usr/bin/x"));
         assert!(fields_of(EventKind::ProcessStart).contains(&"container.id"));
         assert!(!fields_of(EventKind::FileCreate).contains(&"process.exit_code"));
+    }
+
+    #[test]
+    fn setid_fields_read_from_the_event_and_exist_where_they_apply() {
+        use picket_event::{Group as G, Process, User};
+        let mut ev = Event::new(EventKind::ProcessSetid, picket_event::Timestamp::from_unix_nanos(0));
+        assert_eq!(Field::ProcessPreviousUserId.get(&ev), Val::Missing);
+        let u = |id: &str, name: Option<&str>| Some(User { id: Some(id.into()), name: name.map(Into::into) });
+        let g = |id: &str| Some(G { id: Some(id.into()), name: None });
+        ev.process = Some(Process {
+            user: u("0", Some("root")),
+            real_user: u("1000", Some("alice")),
+            group: g("27"),
+            real_group: g("1000"),
+            previous_user: u("1000", None),
+            previous_group: g("1000"),
+            ..Process::default()
+        });
+        let read = |path: &str| Field::parse(path).unwrap().0.get(&ev);
+        assert_eq!(read("process.user.id"), Val::Str("0"));
+        assert_eq!(read("process.user.name"), Val::Str("root"));
+        assert_eq!(read("process.real_user.id"), Val::Str("1000"));
+        assert_eq!(read("process.real_user.name"), Val::Str("alice"));
+        assert_eq!(read("process.group.id"), Val::Str("27"));
+        assert_eq!(read("process.real_group.id"), Val::Str("1000"));
+        assert_eq!(read("process.previous_user.id"), Val::Str("1000"));
+        assert_eq!(read("process.previous_group.id"), Val::Str("1000"));
+        let setid = fields_of(EventKind::ProcessSetid);
+        for f in
+            ["process.previous_user.id", "process.user.id", "process.executable", "user.id", "container.id"]
+        {
+            assert!(setid.contains(&f), "{f}");
+        }
+        let start = fields_of(EventKind::ProcessStart);
+        assert!(start.contains(&"process.real_user.id") && !start.contains(&"process.previous_user.id"));
+        assert!(!fields_of(EventKind::ProcessExit).contains(&"process.user.id"));
+        assert!(!fields_of(EventKind::ProcessSetid).contains(&"process.exit_code"));
     }
 }

@@ -88,8 +88,9 @@ impl Level {
 }
 
 /// The Sigma logsource category of a picket event kind. `None`: the kind is not evaluated at all
-/// (picket's own alerts, actions and health; `process.exit`, which repeats its start's command
-/// line). `Some(None)`: evaluated against product-only rules (keywords) only.
+/// (picket's own alerts, actions and health; `process.exit` and `process.setid`, which repeat
+/// their start's command line: a process_creation rule or a keyword rule would fire again on the
+/// same command line). `Some(None)`: evaluated against product-only rules (keywords) only.
 pub fn category(kind: EventKind) -> Option<Option<&'static str>> {
     use EventKind as K;
     match kind {
@@ -101,7 +102,7 @@ pub fn category(kind: EventKind) -> Option<Option<&'static str>> {
         K::NetFlow => Some(Some("network_connection")),
         K::NetDns => Some(Some("dns_query")),
         K::FileAttrib | K::AuthFailure | K::AuthSuccess => Some(None),
-        K::ProcessExit | K::Alert | K::Action | K::AgentHealth | K::JournalGap => None,
+        K::ProcessExit | K::ProcessSetid | K::Alert | K::Action | K::AgentHealth | K::JournalGap => None,
     }
 }
 

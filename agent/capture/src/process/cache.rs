@@ -8,6 +8,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use super::procfs::Ids;
+
 /// At most this many processes are remembered. A busy server runs a few hundred.
 pub const MAX_ENTRIES: usize = 4096;
 /// At most this many bytes of program names, paths and command lines are kept (about 2 MiB).
@@ -22,6 +24,9 @@ pub struct Image {
     pub name: String,
     pub executable: Option<String>,
     pub command_line: Option<String>,
+    /// The file running (`/proc/PID/exe`, symlinks resolved), when it was read: a uid change
+    /// while /proc shows another file belongs to an exec not yet handled.
+    pub resolved: Option<String>,
 }
 
 impl Image {
@@ -29,6 +34,7 @@ impl Image {
         self.name.len()
             + self.executable.as_ref().map_or(0, String::len)
             + self.command_line.as_ref().map_or(0, String::len)
+            + self.resolved.as_ref().map_or(0, String::len)
     }
 }
 
@@ -41,6 +47,9 @@ pub struct Entry {
     pub start_ns: Option<u64>,
     /// Field 22 of /proc/PID/stat.
     pub start_ticks: Option<u64>,
+    /// Real and effective user and group ids: from /proc at exec (or the scan), inherited at
+    /// fork, changed by uid/gid change messages.
+    pub ids: Option<Ids>,
     pub(crate) stamp: u64,
 }
 
@@ -144,15 +153,15 @@ impl ProcCache {
 
     /// A fork: the child runs its parent's program until it execs.
     pub fn fork(&mut self, parent: u32, child: u32, ts_ns: u64) {
-        let image = self.get(parent).and_then(|p| p.image.clone());
+        let (image, ids) = self.get(parent).map_or((None, None), |p| (p.image.clone(), p.ids));
         self.insert(
             child,
-            Entry { ppid: Some(parent), image, start_ns: Some(ts_ns), start_ticks: None, stamp: 0 },
+            Entry { ppid: Some(parent), image, start_ns: Some(ts_ns), start_ticks: None, ids, stamp: 0 },
         );
     }
 
-    /// An exec: a new program in `pid`; what the fork recorded (parent, start) is kept unless
-    /// newer facts are given.
+    /// An exec: a new program in `pid`; what the fork recorded (parent, start, ids) is kept
+    /// unless newer facts are given ([`ProcCache::set_ids`] for the ids).
     pub fn exec(
         &mut self,
         pid: u32,
@@ -170,9 +179,19 @@ impl ProcCache {
                 image: image.map(Arc::new),
                 start_ns: old.and_then(|o| o.start_ns).or(Some(ts_ns)),
                 start_ticks: start_ticks.or(old.and_then(|o| o.start_ticks)),
+                ids: old.and_then(|o| o.ids),
                 stamp: 0,
             },
         );
+    }
+
+    /// `pid`'s ids are now `ids` (an entry is made when `pid` is not in the table, so its later
+    /// events know them).
+    pub fn set_ids(&mut self, pid: u32, ids: Ids) {
+        match self.map.get_mut(&pid) {
+            Some(e) => e.ids = Some(ids),
+            None => self.insert(pid, Entry { ids: Some(ids), ..Entry::default() }),
+        }
     }
 }
 
@@ -193,7 +212,12 @@ mod tests {
     use super::*;
 
     fn image(name: &str) -> Image {
-        Image { name: name.into(), executable: Some(format!("/bin/{name}")), command_line: Some(name.into()) }
+        Image {
+            name: name.into(),
+            executable: Some(format!("/bin/{name}")),
+            command_line: Some(name.into()),
+            resolved: None,
+        }
     }
 
     #[test]
@@ -215,6 +239,22 @@ mod tests {
     }
 
     #[test]
+    fn ids_are_inherited_at_fork_kept_at_exec_and_changed_in_place() {
+        let mut c = ProcCache::default();
+        let root = Ids { uid: 0, euid: 0, gid: 0, egid: 0 };
+        c.exec(10, Some(1), Some(image("sh")), None, 0);
+        c.set_ids(10, root);
+        c.fork(10, 11, 1);
+        assert_eq!(c.peek(11).unwrap().ids, Some(root));
+        c.set_ids(11, Ids { uid: 65534, euid: 65534, ..root });
+        assert_eq!(c.peek(10).unwrap().ids, Some(root), "the parent keeps its own");
+        c.exec(11, None, Some(image("id")), None, 2);
+        assert_eq!(c.peek(11).unwrap().ids.unwrap().euid, 65534);
+        c.set_ids(12, root);
+        assert_eq!(c.peek(12).unwrap().ids, Some(root), "an unknown pid gets an entry");
+    }
+
+    #[test]
     fn least_recently_used_goes_first_at_the_entry_bound() {
         let mut c = ProcCache::with_limits(3, usize::MAX);
         for pid in 1..=3 {
@@ -231,7 +271,12 @@ mod tests {
     #[test]
     fn byte_bound_holds_and_accounting_returns_to_zero() {
         let mut c = ProcCache::with_limits(usize::MAX, 10_000);
-        let big = Image { name: "x".into(), executable: None, command_line: Some("a".repeat(1000)) };
+        let big = Image {
+            name: "x".into(),
+            executable: None,
+            command_line: Some("a".repeat(1000)),
+            resolved: None,
+        };
         for pid in 0..100 {
             c.exec(pid, None, Some(big.clone()), None, 0);
             assert!(c.bytes() <= 10_000);

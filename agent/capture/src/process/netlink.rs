@@ -38,6 +38,8 @@ const EVENT_HDR: usize = 16;
 const PROC_EVENT_NONE: u32 = 0;
 const PROC_EVENT_FORK: u32 = 1;
 const PROC_EVENT_EXEC: u32 = 2;
+const PROC_EVENT_UID: u32 = 4;
+const PROC_EVENT_GID: u32 = 0x40;
 const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 
 /// A process event, as much of it as picket uses. Pids are the kernel's: `pid` is the thread id,
@@ -51,9 +53,15 @@ pub enum ConnEvent {
     /// A task ended. `exit_code` is the wait status (`code << 8`, or the signal number);
     /// `parent_tgid` is absent on kernels older than 4.18.
     Exit { pid: u32, tgid: u32, exit_code: u32, parent_tgid: Option<u32> },
+    /// A task's user ids changed (`commit_creds`: a set*uid call, or the exec of a setuid
+    /// program): the new real and effective uid. Sent for any change of the real, effective,
+    /// saved or filesystem uid, per thread.
+    Uid { pid: u32, tgid: u32, ruid: u32, euid: u32 },
+    /// The same for group ids.
+    Gid { pid: u32, tgid: u32, rgid: u32, egid: u32 },
     /// The reply to a subscription request: `err` is an errno (0: subscribed).
     Ack { err: u32, ack: u32 },
-    /// uid, gid, sid, ptrace, comm, coredump: not used.
+    /// sid, ptrace, comm, coredump: not used.
     Other,
 }
 
@@ -120,6 +128,19 @@ fn parse_cn_msg(b: &[u8]) -> Option<Message> {
             tgid: u32_at(d, 4)?,
             exit_code: u32_at(d, 8)?,
             parent_tgid: u32_at(d, 20),
+        },
+        // `struct id_proc_event`: pid, tgid, then `union { ruid; rgid }`, `union { euid; egid }`.
+        PROC_EVENT_UID => ConnEvent::Uid {
+            pid: u32_at(d, 0)?,
+            tgid: u32_at(d, 4)?,
+            ruid: u32_at(d, 8)?,
+            euid: u32_at(d, 12)?,
+        },
+        PROC_EVENT_GID => ConnEvent::Gid {
+            pid: u32_at(d, 0)?,
+            tgid: u32_at(d, 4)?,
+            rgid: u32_at(d, 8)?,
+            egid: u32_at(d, 12)?,
         },
         PROC_EVENT_NONE => ConnEvent::Ack { err: u32_at(d, 0)?, ack },
         _ => ConnEvent::Other,
@@ -389,6 +410,27 @@ mod tests {
         other[NLMSG_HDR..NLMSG_HDR + 4].copy_from_slice(&7u32.to_ne_bytes());
         let mut out = Vec::new();
         parse_datagram(&other, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn parses_uid_and_gid_changes_and_skips_them_cut_short() {
+        let mut b = datagram(3, 0, PROC_EVENT_UID, 2, 50, &[21, 20, 65534, 0]);
+        b.extend(datagram(4, 0, PROC_EVENT_GID, 2, 51, &[20, 20, 1000, 27]));
+        let mut out = Vec::new();
+        parse_datagram(&b, &mut out);
+        let events: Vec<_> = out.iter().map(|m| m.event).collect();
+        assert_eq!(
+            events,
+            [
+                ConnEvent::Uid { pid: 21, tgid: 20, ruid: 65534, euid: 0 },
+                ConnEvent::Gid { pid: 20, tgid: 20, rgid: 1000, egid: 27 },
+            ]
+        );
+        assert_eq!((out[0].cpu, out[0].seq, out[0].timestamp_ns), (2, 3, 50));
+        // Without the effective id the message is incomplete: skipped, not guessed.
+        let mut out = Vec::new();
+        parse_datagram(&datagram(5, 0, PROC_EVENT_UID, 0, 1, &[20, 20, 0]), &mut out);
         assert!(out.is_empty());
     }
 
