@@ -85,7 +85,8 @@
 //! initial network namespace. Without the connector the source polls /proc at
 //! `sources.process.poll_interval_secs` ([`poll`]: `running (degraded: ...)`), or, with polling
 //! off, the status says `unavailable: ...` once and the agent runs on without process events.
-//! Not done: the eBPF exec tracepoint. The polling fallback sees no uid/gid changes. A main thread
+//! With the `ebpf` feature, each exec's filename and argv come from the eBPF exec tracer
+//! ([`bpf`]) when the kernel allows it. The polling fallback sees no uid/gid changes. A main thread
 //! that exits while other threads run is reported as the process's exit.
 
 use std::sync::Arc;
@@ -97,6 +98,7 @@ use tokio::sync::oneshot;
 
 use crate::{CaptureError, EventTx, SendError, Shutdown, SourceStatus};
 
+pub mod bpf;
 pub mod cache;
 pub mod fanotify;
 pub mod hash;
@@ -180,6 +182,29 @@ pub trait ExecSource {
     /// The file of `pid`'s oldest exec not yet taken; `exe` is /proc/PID/exe when it was read
     /// (a record naming another file is then left in place).
     fn take(&mut self, pid: u32, exe: Option<&str>) -> Option<ExecFile>;
+
+    /// The kernel's record of `pid`'s oldest exec not yet taken: execve's filename and argv
+    /// ([`bpf`]), when the eBPF tracer runs.
+    fn take_name(&mut self, _pid: u32) -> Option<bpf::ExecName> {
+        None
+    }
+}
+
+/// What the reader has besides /proc: fanotify's files and the eBPF tracer's names.
+#[derive(Debug, Default)]
+pub struct Execs {
+    pub paths: Option<ExecPaths>,
+    pub names: Option<bpf::ExecNames>,
+}
+
+impl ExecSource for Execs {
+    fn take(&mut self, pid: u32, exe: Option<&str>) -> Option<ExecFile> {
+        ExecSource::take(&mut self.paths, pid, exe)
+    }
+
+    fn take_name(&mut self, pid: u32) -> Option<bpf::ExecName> {
+        self.names.as_mut().and_then(|n| n.take(pid))
+    }
 }
 
 impl ExecSource for () {
@@ -191,6 +216,10 @@ impl ExecSource for () {
 impl<T: ExecSource> ExecSource for Option<T> {
     fn take(&mut self, pid: u32, exe: Option<&str>) -> Option<ExecFile> {
         self.as_mut().and_then(|s| s.take(pid, exe))
+    }
+
+    fn take_name(&mut self, pid: u32) -> Option<bpf::ExecName> {
+        self.as_mut().and_then(|s| s.take_name(pid))
     }
 }
 
@@ -407,6 +436,45 @@ impl Tracker {
                 });
             }
         }
+        // The kernel's own record of this exec (eBPF): execve's filename and argv as they were at
+        // the exec. Preferred to /proc's, which live in the process's memory and may have been
+        // rewritten since (`[kworker/0:1]`). A record of an earlier process with this pid is
+        // dropped.
+        let name = execs
+            .take_name(pid)
+            .filter(|n| snap.stat.as_ref().is_none_or(|s| s.start_ticks == n.start_ticks));
+        let mut argv = snap.argv;
+        if let Some(n) = name.as_ref() {
+            let executable = procfs::executable(
+                Some(&n.filename),
+                None,
+                snap.cwd.as_deref(),
+                p.resolved_executable.as_deref(),
+            )
+            .or_else(|| p.executable.clone());
+            if let Some(e) = &executable {
+                p.name = Some(procfs::base_name(e).to_string());
+            }
+            p.executable = executable;
+            if n.argv.is_some() {
+                argv.clone_from(&n.argv);
+            }
+            image = Some(Image {
+                name: p.name.clone().unwrap_or_default(),
+                executable: p.executable.clone(),
+                command_line: argv
+                    .as_ref()
+                    .map(|a| cache::truncate(&a.join(" "), cache::MAX_CACHED_COMMAND_LINE).to_string()),
+                resolved: p.resolved_executable.clone(),
+            });
+            if let Some(m) = ev.message.as_mut() {
+                m.push_str(if n.argv.is_some() {
+                    "; executable and arguments from eBPF"
+                } else {
+                    "; executable from eBPF"
+                });
+            }
+        }
         if let Some(why) = hash::fileless_reason(p.resolved_executable.as_deref(), p.executable.as_deref()) {
             p.fileless = Some(true);
             p.fileless_reason = Some(why.to_string());
@@ -419,7 +487,7 @@ impl Tracker {
                 ev.container = Some(Container { id: id.clone(), runtime: cg.runtime.map(str::to_string) });
             }
         }
-        let with_path = file.is_some();
+        let with_path = file.is_some() || name.is_some();
         let program = match (file, snap.exe_key) {
             (Some(ExecFile { key: Some(key), fd: Some(fd), .. }), _) => {
                 Some(Program { key, open: Opener::Fd(fd) })
@@ -429,7 +497,7 @@ impl Tracker {
         };
         p.working_directory = snap.cwd.clone();
         p.start_ticks = snap.stat.as_ref().map(|s| s.start_ticks);
-        if let Some(argv) = snap.argv {
+        if let Some(argv) = argv {
             p.command_line = Some(argv.join(" "));
             p.args = Some(argv);
         }
@@ -752,6 +820,7 @@ fn boot_offset() -> u64 {
 #[derive(Debug, Clone, Default)]
 pub struct ProcessSource {
     poll_interval: Option<Duration>,
+    no_ebpf: bool,
 }
 
 impl ProcessSource {
@@ -768,6 +837,13 @@ impl ProcessSource {
     #[must_use]
     pub fn with_poll_interval(mut self, interval: Option<Duration>) -> ProcessSource {
         self.poll_interval = interval.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// Whether to try the eBPF exec tracer ([`bpf`]; on by default).
+    #[must_use]
+    pub fn with_ebpf(mut self, on: bool) -> ProcessSource {
+        self.no_ebpf = !on;
         self
     }
 
@@ -789,7 +865,7 @@ impl ProcessSource {
             std::thread::Builder::new()
                 .name("picket-process".into())
                 .spawn(move || {
-                    let _ = done_tx.send(reader(self.poll_interval, &out, &status, &stop));
+                    let _ = done_tx.send(reader(&self, &out, &status, &stop));
                 })
                 .map_err(|e| CaptureError::Failed {
                     source_name: Self::NAME,
@@ -824,6 +900,9 @@ struct Stats {
     /// Why there is no fanotify correlation, if there is none.
     no_fanotify: Option<String>,
     fanotify: fanotify::Counts,
+    /// Why the eBPF exec tracer does not run, if it does not.
+    no_ebpf: Option<String>,
+    ebpf: bpf::Counts,
     /// Events sent without a hash because the hasher's queue was full.
     unhashed: u64,
     /// Events sent without a hash because the program opened was not the version looked up.
@@ -838,12 +917,22 @@ fn status_line(st: &Stats, governor: &sched::Governor) -> String {
     }
     if st.vanished > 0 {
         notes.push(format!(
-            "{} vanished before /proc was read, {} of them with their path from fanotify",
+            "{} vanished before /proc was read, {} of them with their path from fanotify or eBPF",
             st.vanished, st.vanished_with_path
         ));
     }
     if let Some(why) = &st.no_fanotify {
         notes.push(format!("no exec paths for vanished processes: {why}"));
+    }
+    match &st.no_ebpf {
+        Some(why) => notes.push(format!("exec names from /proc, not eBPF: {why}")),
+        None => notes.push("exec names from eBPF".to_string()),
+    }
+    if st.ebpf.lost > 0 || st.ebpf.dropped > 0 {
+        notes.push(format!(
+            "eBPF: {} records lost in the kernel, {} never matched an exec",
+            st.ebpf.lost, st.ebpf.dropped
+        ));
     }
     let f = &st.fanotify;
     if f.overflows > 0 || f.mismatched > 0 {
@@ -958,7 +1047,7 @@ fn deliver(
 /// The reader thread: subscribe (or fall back to polling), scan /proc, then receive until
 /// stopped.
 fn reader(
-    poll_interval: Option<Duration>,
+    source: &ProcessSource,
     out: &EventTx,
     status: &SourceStatus,
     stop: &AtomicBool,
@@ -967,7 +1056,7 @@ fn reader(
     let (conn, mut batch, mut overruns) = match connect(stop)? {
         Ok(c) => c,
         Err(why) => {
-            match poll_interval {
+            match source.poll_interval {
                 Some(every) => poll::run(every, &why, out, status, stop),
                 None => status.set(name, format!("unavailable: {why}")),
             }
@@ -978,13 +1067,19 @@ fn reader(
 
     // Before the scan: an exec from now on has its fanotify record.
     let mut st = Stats::default();
-    let mut paths = match ExecPaths::open() {
-        Ok(p) => Some(p),
-        Err(e) => {
-            st.no_fanotify = Some(e);
-            None
+    let mut execs = Execs::default();
+    match ExecPaths::open() {
+        Ok(p) => execs.paths = Some(p),
+        Err(e) => st.no_fanotify = Some(e),
+    }
+    if source.no_ebpf {
+        st.no_ebpf = Some("off (sources.process.ebpf)".into());
+    } else {
+        match bpf::ExecNames::open() {
+            Ok(n) => execs.names = Some(n),
+            Err(e) => st.no_ebpf = Some(e),
         }
-    };
+    }
     let hasher = Hasher::start(out.clone()).ok();
 
     // Real-time from here on: the scan below and every /proc read race exiting processes.
@@ -1020,8 +1115,11 @@ fn reader(
         if let Some(h) = &hasher {
             st.changed = h.counts.changed.load(Ordering::Relaxed);
         }
-        if let Some(p) = &paths {
+        if let Some(p) = &execs.paths {
             st.fanotify = p.counts;
+        }
+        if let Some(n) = &execs.names {
+            st.ebpf = n.counts();
         }
         let line = status_line(&st, &governor);
         // Counts are shown at most once a second; a change of priority at once.
@@ -1055,12 +1153,16 @@ fn reader(
         if batch.is_empty() {
             continue;
         }
-        // The records of the batch's execs are queued by now (fanotify's come first).
-        if let Some(p) = &mut paths {
+        // The records of the batch's execs are queued by now (fanotify's and the tracer's come
+        // before the connector's message).
+        if let Some(p) = &mut execs.paths {
             p.drain();
         }
+        if let Some(n) = &mut execs.names {
+            n.drain();
+        }
         let mut unhashed = 0u64;
-        let counts = tracker.handle_batch(&batch, &mut fs, &mut paths, wall_offset(), &mut |ev, program| {
+        let counts = tracker.handle_batch(&batch, &mut fs, &mut execs, wall_offset(), &mut |ev, program| {
             if !deliver(out, hasher.as_ref(), ev, program, &mut unhashed) {
                 closed = true;
             }

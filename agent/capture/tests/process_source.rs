@@ -287,6 +287,7 @@ async fn a_burst_of_2000_execs_arrives_with_none_missed() {
     let (_dir, bin) = short_lived_binary();
     let mut src = start().await;
     let fanotify = !status_of(&src.status).unwrap_or_default().contains("no exec paths");
+    let ebpf = status_of(&src.status).unwrap_or_default().contains("exec names from eBPF");
     let tok = token();
     let script = format!("i=0; while [ $i -lt {N} ]; do '{bin}' {tok} $i; i=$((i+1)); done");
     let began = std::time::Instant::now();
@@ -373,6 +374,12 @@ async fn a_burst_of_2000_execs_arrives_with_none_missed() {
         eprintln!("note: fanotify unavailable ({status:?}): {no_path} starts without a path");
     }
     assert!(by_arg.len() * 2 >= N, "only {} of {N} read in time", by_arg.len());
+    if ebpf {
+        // The tracer's record is there whether or not /proc was read in time.
+        assert_eq!(by_arg.len(), N, "every start with its argv from eBPF");
+    } else {
+        eprintln!("note: no eBPF ({status:?}): argv only where /proc was read in time");
+    }
     assert!(hashed > 0, "the program's hash");
     src.stop().await;
 }
@@ -491,6 +498,71 @@ async fn an_exec_gone_before_proc_is_read_gets_its_path_and_hash_from_fanotify()
     // The exit names the program too.
     let exit = out[1].0.process.as_ref().unwrap();
     assert_eq!((exit.executable.as_deref(), exit.exit_code), (Some(bin.as_str()), Some(1)));
+}
+
+/// The eBPF tracer against the real kernel: a BusyBox-style applet (a symlink) that is gone
+/// long before its messages are handled still gets the path it was started by (not the file the
+/// link points to, which is all fanotify knows) and its full argv.
+#[tokio::test]
+async fn an_exec_gone_before_proc_is_read_gets_its_path_and_argv_from_ebpf() {
+    if skip_unless_root("an_exec_gone_before_proc_is_read_gets_its_path_and_argv_from_ebpf") {
+        return;
+    }
+    use picket_capture::process::bpf::ExecNames;
+    use picket_capture::process::netlink::{ConnEvent, Message};
+    use picket_capture::process::procfs::ProcReader;
+    use picket_capture::process::{Execs, Tracker, cache::ProcCache};
+    let mut names = match ExecNames::open() {
+        Ok(n) => n,
+        Err(why) => {
+            assert!(
+                std::env::var_os("PICKET_REQUIRE_EBPF").is_none(),
+                "PICKET_REQUIRE_EBPF is set and eBPF is unavailable: {why}"
+            );
+            eprintln!("\n!!!!!!!! SKIPPED (eBPF unavailable: {why}) !!!!!!!!\n");
+            return;
+        }
+    };
+    let (dir, bin) = short_lived_binary();
+    let applet = std::fs::canonicalize(dir.path()).unwrap().join("nc");
+    std::os::unix::fs::symlink(&bin, &applet).unwrap();
+    let applet = applet.to_str().unwrap().to_string();
+    let mut child = Command::new(&applet).args(["-l", "-p", "4444"]).spawn().unwrap();
+    let pid = child.id();
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    names.drain();
+    let me = std::process::id();
+    let batch = [
+        Message {
+            cpu: 0,
+            seq: 0,
+            timestamp_ns: 1,
+            event: ConnEvent::Fork { parent_tgid: me, child_pid: pid, child_tgid: pid },
+        },
+        Message { cpu: 0, seq: 1, timestamp_ns: 2, event: ConnEvent::Exec { pid, tgid: pid } },
+        Message {
+            cpu: 0,
+            seq: 2,
+            timestamp_ns: 3,
+            event: ConnEvent::Exit { pid, tgid: pid, exit_code: 1 << 8, parent_tgid: Some(me) },
+        },
+    ];
+    let mut execs = Execs { paths: None, names: Some(names) };
+    let mut tracker = Tracker::new(ProcCache::default(), 0);
+    let mut fs = ProcReader::default();
+    let mut out = Vec::new();
+    let counts = tracker.handle_batch(&batch, &mut fs, &mut execs, 0, &mut |ev, _| out.push(ev));
+    assert_eq!((counts.vanished, counts.vanished_with_path), (1, 1));
+    let p = out[0].process.as_ref().unwrap();
+    assert_eq!(p.executable.as_deref(), Some(applet.as_str()), "the link, as started");
+    assert_eq!(p.name.as_deref(), Some("nc"));
+    assert_eq!(args_of(&out[0]), [applet.as_str(), "-l", "-p", "4444"]);
+    assert_eq!(p.command_line.as_deref(), Some(format!("{applet} -l -p 4444").as_str()));
+    assert!(out[0].message.as_deref().unwrap().contains("from eBPF"), "{:?}", out[0].message);
+    // The exit knows it by the same name.
+    let exit = out[1].process.as_ref().unwrap();
+    assert_eq!((exit.executable.as_deref(), exit.exit_code), (Some(applet.as_str()), Some(1)));
+    assert_eq!(execs.names.as_ref().unwrap().counts().used, 1);
 }
 
 /// A program under /dev/shm, one run from a file deleted before its exec (through

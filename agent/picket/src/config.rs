@@ -127,6 +127,7 @@ struct SourcesConfig {
 struct ProcessSourceConfig {
     enabled: bool,
     poll_interval_secs: i128,
+    ebpf: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -335,6 +336,8 @@ pub struct ProcessSourceSettings {
     pub enabled: bool,
     /// Without the process connector, /proc is polled this often; `None`: no fallback.
     pub poll_interval: Option<Duration>,
+    /// Try the eBPF exec tracer (`ebpf = "auto"`); false for `"off"`.
+    pub ebpf: bool,
 }
 
 /// `[sources.file]`
@@ -1019,6 +1022,18 @@ impl Check<'_, '_> {
             self.int_in("sources.file.scan_interval_secs", sources.file.scan_interval_secs, 1, 86_400);
         let poll_interval_secs =
             self.int_in("sources.process.poll_interval_secs", sources.process.poll_interval_secs, 0, 3600);
+        let process_ebpf = match sources.process.ebpf.as_str() {
+            "auto" => Some(true),
+            "off" => Some(false),
+            other => {
+                self.error(
+                    "sources.process.ebpf",
+                    None,
+                    format!("invalid value {}; allowed values: \"auto\", \"off\"", quote(other)),
+                );
+                None
+            }
+        };
         let auth_files = self.paths("sources.auth.files", &sources.auth.files);
         let journald = picket_capture::auth::Journald::parse(&sources.auth.journald).or_else(|| {
             let allowed: Vec<String> =
@@ -1185,6 +1200,7 @@ impl Check<'_, '_> {
                 process: ProcessSourceSettings {
                     enabled: sources.process.enabled,
                     poll_interval: Some(Duration::from_secs(poll_interval_secs?)).filter(|d| !d.is_zero()),
+                    ebpf: process_ebpf?,
                 },
                 file: FileSourceSettings {
                     enabled: sources.file.enabled,
@@ -1667,6 +1683,7 @@ mod tests {
         assert_eq!(s.policies.paths, vec![PathBuf::from("policies")]);
         assert!(s.sources.process.enabled);
         assert_eq!(s.sources.process.poll_interval, Some(Duration::from_secs(2)));
+        assert!(s.sources.process.ebpf);
         assert!(s.sources.file.enabled);
         assert_eq!(s.sources.file.paths, vec![PathBuf::from("./picket-data/watch")]);
         assert!(s.sources.file.include.is_empty() && s.sources.file.exclude.is_empty());

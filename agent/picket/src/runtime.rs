@@ -565,7 +565,7 @@ fn spawn_sources(
         spawn_source(
             ProcessSource::NAME,
             status,
-            ProcessSource::new().with_poll_interval(s.process.poll_interval).run(
+            ProcessSource::new().with_poll_interval(s.process.poll_interval).with_ebpf(s.process.ebpf).run(
                 out,
                 status.clone(),
                 shutdown.clone(),
