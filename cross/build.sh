@@ -12,7 +12,8 @@
 # panic abort, strip) and `--no-default-features`: no Sigma, no libpcap. There is no musl libpcap,
 # and the gnu variants would need the foreign-architecture libpcap-dev:arm64/armhf, whose libc6
 # upgrades host packages in step, so no target here links libpcap (`replay --format pcap` works).
-# x86_64-unknown-linux-gnu is accepted too (host, for the size table).
+# x86_64-unknown-linux-gnu and x86_64-unknown-linux-musl (static, non-PIE; C by the host gcc) are
+# accepted too (host, for the size table and x86 devices without glibc).
 #
 # Needs rustup (rust-std for the target: `rustup target add`, tried here) and Debian's cross gcc
 # for the C parts (bundled SQLite, ring) and the link: gcc-aarch64-linux-gnu, gcc-arm-linux-gnueabihf
@@ -92,6 +93,8 @@ for t in "${targets[@]}"; do
       # glibc cross gcc (same kernel ABI on aarch64), so SQLite must not use glibc's *64
       # aliases (open64...), which musl 1.2.4+ no longer exports.
       rf="-C linker=rust-lld -C linker-flavor=ld.lld"
+      # x86_64 musl defaults to a static-pie (relocated at start, ~0.4 MB of relocations).
+      [ "$t" != x86_64-unknown-linux-musl ] || rf="$rf -C relocation-model=static"
       sqlite="-DSQLITE_DISABLE_LFS"
       ;;
     x86_64-unknown-linux-gnu) ;;
