@@ -26,7 +26,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 unit:
-	$(CARGO) test --workspace --locked
+	CARGO=$(CARGO) ./scripts/unit.sh
 
 ## Criterion benchmarks (figures go to docs/BENCHMARKS.md by hand, with the command).
 bench:
