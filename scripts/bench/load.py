@@ -2,7 +2,7 @@
 """load.py - drive the real agent under generated mixed load and report its footprint.
 
     scripts/bench/load.py [--rate 1000] [--secs 60] [--offline-secs 10] [--picket PATH] [--no-process] [--brute]
-                          [--policies DIR]
+                          [--policies DIR] [--json FILE] [--with-fail2ban [--lab-dir DIR] [--lab-runs N]]
 
 What runs (everything in a temp dir, removed at the end; nothing touches the host's firewall):
   * a mosquitto broker on a free loopback port (plain MQTT), started --offline-secs into the run,
@@ -17,20 +17,42 @@ What runs (everything in a temp dir, removed at the end; nothing touches the hos
            the oldest deleted once 200 exist: file.delete),
       20 % exec storm (/bin/true: process.start + process.exit).
 
+Latency (a separate watcher process, so the generator's pacing is not disturbed; monotonic clock):
+  * event -> journal: every 20th auth line names a unique user `lat<N>`; its write time (taken just
+    before the write, flushed at once) to the first poll of the journal (a read-only SQLite
+    connection, new rows since the last seq, every --poll-ms) that holds it;
+  * event -> action: every 0.5 s a burst from a fresh TEST-NET address (192.0.2.0/24, 203.0.113.0/24,
+    then 198.18.0.0/15): four failed passwords, and 50 ms later the marked 5th, which completes the
+    ssh-brute-force threshold (5 in 5 min by source.ip); to the first `action` event for that
+    address in the journal (monitor mode: a `dry_run` block);
+  * event -> collector: a `picket collect` on the same broker writes NDJSON, tailed every 5 ms; the
+    same marked lines and actions, counted only for marks written once the backlog of the offline
+    part had drained (the uplink's batching, SEAL_LINGER, is part of what this measures).
+The poll interval bounds how late a sighting can be: each figure is up to one interval (journal
+--poll-ms, collector 5 ms) late, half of it on average.
+
+--with-fail2ban then runs scripts/lab/block-latency.sh (sshd lab in network namespaces; fail2ban
+and picket, --lab-runs each; sshguard too with --lab-tools all) and adds its latency, CPU and RSS.
+
 Every second it samples the agent's CPU time (/proc/PID/stat), VmRSS and VmHWM (/proc/PID/status)
 and status.json (backlog, drops). At the end it prints, for the load window: journaled events/s by
 kind, drops by reason, CPU % of one core, RSS steady (median of the second half) and peak, journal
 growth, the backlog when the broker came up and how fast it drained.
 
-Needs python3, mosquitto, and root for the process source (--no-process otherwise).
+Needs python3, mosquitto, and root for the process source (--no-process otherwise); --with-fail2ban
+needs root and the lab's tools (sshd, rsyslog, fail2ban, nft: scripts/test-deps.sh).
 """
 
 import argparse
+import ipaddress
 import json
+import multiprocessing
 import os
+import re
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -78,6 +100,97 @@ def proc_mem_kib(pid):
             elif line.startswith("VmHWM:"):
                 hwm = int(line.split()[1])
     return rss, hwm
+
+
+MARK_EVERY = 20  # every 20th auth line is a marked one
+BURST_EVERY = 10  # steps (of 50 ms) between two brute-force bursts from fresh addresses
+COLLECT_POLL = 0.005
+
+
+def fresh_ip(i):
+    """The i-th fresh attacker address: TEST-NET-1 and -3, then the benchmark range 198.18.0.0/15."""
+    if i < 254:
+        return f"192.0.2.{i + 1}"
+    if i < 508:
+        return f"203.0.113.{i - 253}"
+    return str(ipaddress.ip_address("198.18.0.1") + (i - 508))
+
+
+def is_fresh(ip):
+    return ip.startswith(("192.0.2.", "203.0.113.", "198.18.", "198.19."))
+
+
+def sightings(ev, seen, now):
+    """Record the first sighting of a marked auth line (user lat<N>) or of an action on a fresh address."""
+    if ev.get("kind") == "action":
+        ip = (ev.get("source") or {}).get("ip") or ""
+        if is_fresh(ip):
+            seen.setdefault(("action", ip), now)
+    else:
+        name = (ev.get("user") or {}).get("name") or ""
+        if name.startswith("lat"):
+            seen.setdefault(("mark", name), now)
+
+
+def watcher(db, ndjson, poll, stop, out):
+    """Poll the journal (every `poll` s) and the collector's NDJSON (every COLLECT_POLL s); send back
+    {key: monotonic time first seen} for each, and this process's CPU seconds."""
+    jseen, cseen = {}, {}
+    conn, last_seq, polls = None, 0, 0
+    buf, fh, next_coll = b"", None, 0.0
+    # Only rows that may matter are parsed: marks and actions; the rest only advance the cursor.
+    q = ("SELECT seq, CASE WHEN kind = 'action' OR instr(json, '\"name\":\"lat') > 0 THEN json END "
+         "FROM events WHERE seq > ? ORDER BY seq")
+    while not stop.is_set():
+        t = time.monotonic()
+        if conn is None and os.path.exists(db):
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        if conn is not None:
+            try:
+                rows = conn.execute(q, (last_seq,)).fetchall()
+            except sqlite3.Error:
+                rows = []
+            now = time.monotonic()
+            polls += 1
+            for seq, js in rows:
+                last_seq = seq
+                if js:
+                    sightings(json.loads(js), jseen, now)
+        if t >= next_coll:
+            next_coll = t + COLLECT_POLL
+            if fh is None and os.path.exists(ndjson):
+                fh = open(ndjson, "rb")
+            if fh is not None:
+                chunk = fh.read()
+                if chunk:
+                    now = time.monotonic()
+                    buf += chunk
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        if b'"name":"lat' in line or b'"action"' in line:
+                            sightings(json.loads(line), cseen, now)
+        left = poll - (time.monotonic() - t)
+        if left > 0:
+            time.sleep(left)
+    u = os.times()
+    out.put({"journal": jseen, "collector": cseen, "polls": polls, "cpu": u.user + u.system})
+
+
+def pct(values):
+    """p50/p95/p99/max (nearest rank) in ms of a list of seconds, and the count."""
+    if not values:
+        return None
+    v = sorted(values)
+    rank = lambda p: v[min(len(v) - 1, max(0, -(-len(v) * p // 100) - 1))]
+    return {"n": len(v), "p50_ms": rank(50) * 1e3, "p95_ms": rank(95) * 1e3, "p99_ms": rank(99) * 1e3,
+            "max_ms": v[-1] * 1e3, "min_ms": v[0] * 1e3}
+
+
+def fmt_pct(d):
+    if not d:
+        return "no samples"
+    return (f"p50 {d['p50_ms']:.1f} ms, p95 {d['p95_ms']:.1f} ms, p99 {d['p99_ms']:.1f} ms, max {d['max_ms']:.1f} ms "
+            f"(min {d['min_ms']:.1f}, n={d['n']})")
 
 
 def read_status(data):
