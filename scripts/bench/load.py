@@ -211,6 +211,14 @@ def main():
     ap.add_argument("--policies", default=os.path.join(REPO, "policies"),
                     help="policy directory (default: the repo's; an older binary may need the policies of its time)")
     ap.add_argument("--brute", action="store_true", help="auth lines from 250 addresses: constant brute-force alerts")
+    ap.add_argument("--poll-ms", type=float, default=2.0, help="journal poll interval of the latency watcher")
+    ap.add_argument("--no-collector", action="store_true", help="no `picket collect` (no event -> collector figures)")
+    ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
+    ap.add_argument("--with-fail2ban", action="store_true",
+                    help="then run scripts/lab/block-latency.sh (fail2ban and picket) and add its figures")
+    ap.add_argument("--lab-dir", default=None, help="lab directory for --with-fail2ban (default: a temp dir)")
+    ap.add_argument("--lab-runs", type=int, default=5, help="runs per blocker for --with-fail2ban")
+    ap.add_argument("--lab-tools", default="fail2ban,picket", help="blockers for --with-fail2ban: a list, or all")
     a = ap.parse_args()
 
     picket = a.picket or os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target")), "release", "picket")
@@ -224,7 +232,10 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="picket-load-")
     data, watch, auth = (os.path.join(tmp, n) for n in ("data", "watch", "auth.log"))
-    os.makedirs(watch)
+    keys, cstate = os.path.join(tmp, "keys"), os.path.join(tmp, "collect")
+    ndjson = os.path.join(cstate, "events.ndjson")
+    for d in (watch, keys, cstate):
+        os.makedirs(d)
     open(auth, "w").close()
     port = free_port()
     with open(os.path.join(tmp, "mosquitto.conf"), "w") as f:
@@ -232,6 +243,7 @@ def main():
     with open(os.path.join(tmp, "picket.toml"), "w") as f:
         f.write(f"""[agent]
 data_dir = "{data}"
+device_id = "load-bench"
 mode = "monitor"
 health_interval_secs = 5
 status_interval_secs = 1
@@ -249,13 +261,39 @@ enabled = true
 broker = "mqtt://127.0.0.1:{port}"
 topic_prefix = "picket/v1/load"
 """)
+    collect_conf = os.path.join(tmp, "collect.toml")
+    with open(collect_conf, "w") as f:
+        f.write(f"""[collect]
+broker = "mqtt://127.0.0.1:{port}"
+topic_prefix = "picket/v1/load"
+device_keys_dir = "{keys}"
+state_dir = "{cstate}"
+output = "{ndjson}"
+client_id = "load-collector"
+gap_timeout_secs = 2
+""")
+    if not a.no_collector:
+        # Enrol the device with the collector: its key, created here, is the one the agent signs with.
+        out = subprocess.run([picket, "identity", "--config", os.path.join(tmp, "picket.toml"), "--export"],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"load.py: picket identity --export failed: {out.stderr.strip()}")
+        with open(os.path.join(keys, "load-bench.pub"), "w") as f:
+            f.write(out.stdout)
     agent = subprocess.Popen([picket, "run", "--config", os.path.join(tmp, "picket.toml")],
                              stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "agent.err"), "w"))
-    broker = None
+    broker = collector = None
+    stop, results = multiprocessing.Event(), multiprocessing.Queue()
+    watch_proc = multiprocessing.Process(
+        target=watcher, args=(os.path.join(data, "journal.db"), ndjson, a.poll_ms / 1e3, stop, results), daemon=True)
+    marks, bursts = {}, {}  # key -> monotonic time just before the write
+    loadavg0 = open("/proc/loadavg").read().split()[:3]
+    collector_cpu, collector_rss = 0.0, (0, 0)
     try:
         deadline = time.time() + 20
         while not read_status(data).get("health") and time.time() < deadline:
             time.sleep(0.1)
+        watch_proc.start()
         time.sleep(1)
         cpu0, t0 = proc_cpu_secs(agent.pid), time.time()
         threads0 = thread_cpu_secs(agent.pid)
@@ -266,13 +304,42 @@ topic_prefix = "picket/v1/load"
         authf = open(auth, "a")
         step, due = 0.05, 0.0
         backlog_at_link = None
+        link_up = drained_at = None
+        nburst, pending_fifth, nstep = 0, None, 0
         while time.time() - t0 < a.secs:
             tick = time.time()
             if broker is None and tick - t0 >= a.offline_secs:
                 backlog_at_link = read_status(data).get("health", {}).get("backlog", 0)
                 broker = subprocess.Popen(["mosquitto", "-c", os.path.join(tmp, "mosquitto.conf")],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                link_up = tick
+                link_up = time.monotonic()
+                if not a.no_collector:
+                    # Right after the broker: the agent's reconnect backoff (from 0.5 s, doubling) is
+                    # then well behind, so the collector's session is in place before the first batch.
+                    time.sleep(0.05)
+                    collector = subprocess.Popen([picket, "collect", "--config", collect_conf],
+                                                 stdout=subprocess.DEVNULL,
+                                                 stderr=open(os.path.join(tmp, "collect.err"), "w"))
+            # Brute-force bursts from fresh addresses: 4 failures now, the 5th (marked) next step.
+            if pending_fifth:
+                authf.flush()
+                line, ip = pending_fifth
+                bursts[ip] = time.monotonic()
+                authf.write(line)
+                authf.flush()
+                pending_fifth = None
+            if a.brute and nstep % BURST_EVERY == 0:
+                ip = fresh_ip(nburst)
+                nburst += 1
+                for i in range(5):
+                    line = (f"2026-11-24T02:00:00+00:00 host sshd[{60000 + i}]: Failed password for invalid user b{i} "
+                            f"from {ip} port {30000 + i} ssh2\n")
+                    if i < 4:
+                        authf.write(line)
+                    else:
+                        pending_fifth = (line, ip)
+                ops["burst"] += 1
+            nstep += 1
             due += a.rate * step
             n = int(due)
             due -= n
@@ -287,8 +354,18 @@ topic_prefix = "picket/v1/load"
                     # addresses over and over, so the brute-force policies alert (and, in monitor
                     # mode, journal the blocks they would make) all the time.
                     ip = f"198.51.100.{k % 250 + 1}" if a.brute else f"10.{k >> 16 & 255}.{k >> 8 & 255}.{k & 255}"
-                    authf.write(f"2026-11-24T02:00:00+00:00 host sshd[{1000 + k % 30000}]: Failed password for invalid user u{k % 97} "
-                                f"from {ip} port {40000 + k % 20000} ssh2\n")
+                    marked = k % MARK_EVERY == 0
+                    user = f"lat{k}" if marked else f"u{k % 97}"
+                    line = (f"2026-11-24T02:00:00+00:00 host sshd[{1000 + k % 30000}]: Failed password for invalid user {user} "
+                            f"from {ip} port {40000 + k % 20000} ssh2\n")
+                    if marked:
+                        # Its own write, timed just before it, nothing buffered in front of it.
+                        authf.flush()
+                        marks[user] = time.monotonic()
+                        authf.write(line)
+                        authf.flush()
+                    else:
+                        authf.write(line)
                     ops["auth line"] += 1
                 elif r == 5:
                     p = os.path.join(watch, f"f{nfile}")
@@ -307,6 +384,10 @@ topic_prefix = "picket/v1/load"
             if not samples or tick - samples[-1][0] >= 1.0:
                 rss, hwm = proc_mem_kib(agent.pid)
                 samples.append((tick, proc_cpu_secs(agent.pid), rss, hwm))
+                # The offline part's backlog is gone: from here on, collector latency is the live path.
+                if link_up is not None and drained_at is None and \
+                        read_status(data).get("health", {}).get("backlog", a.rate) < a.rate:
+                    drained_at = time.monotonic()
             left = step - (time.time() - tick)
             if left > 0:
                 time.sleep(left)
@@ -322,7 +403,24 @@ topic_prefix = "picket/v1/load"
         drained_in = time.time() - drain_t0
         final_status = read_status(data)
         final = final_status.get("health", {})
+        time.sleep(1.0)  # the last marks reach the collector (uplink batches linger)
+        if collector:
+            collector_cpu = proc_cpu_secs(collector.pid)
+            collector_rss = proc_mem_kib(collector.pid)
+        stop.set()
+        seen = results.get(timeout=30)
+        watch_proc.join(timeout=10)
     finally:
+        stop.set()
+        if watch_proc.is_alive():
+            watch_proc.terminate()
+        if collector:
+            collector.send_signal(signal.SIGTERM)
+            try:
+                collector.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                collector.kill()
+                collector.wait()
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=15)
         if broker:
@@ -333,17 +431,32 @@ topic_prefix = "picket/v1/load"
     out = subprocess.run([picket, "journal", "export", "--data-dir", data], capture_output=True, text=True)
     for line in out.stdout.splitlines():
         kinds[json.loads(line)["kind"]] += 1
+    loadavg1 = open("/proc/loadavg").read().split()[:3]
     secs = t1 - t0
     steady = [s[2] for s in samples[len(samples) // 2:]] or [0]
+    by_thread = Counter({k: threads1[k] - threads0.get(k, 0) for k in threads1})
+    report = {
+        "rate": a.rate, "secs": a.secs, "brute": a.brute, "offline_secs": a.offline_secs, "process_source": process,
+        "binary": picket, "loadavg_before": loadavg0, "loadavg_after": loadavg1,
+        "generated": dict(ops), "journaled_during_load": seq1 - seq0, "journaled_per_sec": (seq1 - seq0) / secs,
+        "journaled_by_kind": dict(kinds), "drops": final.get("drops") or {},
+        "cpu_pct_one_core": 100 * (cpu1 - cpu0) / secs,
+        "cpu_pct_by_thread": {k: 100 * v / secs for k, v in by_thread.most_common() if v > 0},
+        "rss_steady_mib": statistics.median(steady) / 1024, "rss_peak_hwm_mib": max(s[3] for s in samples) / 1024,
+        "journal_growth_mb": (bytes1 - bytes0) / 1e6,
+        "uplink": {"backlog_at_link": backlog_at_link, "backlog_at_end": drain_backlog, "drained_in_s": drained_in,
+                   "final_backlog": final.get("backlog")},
+        "detections": final.get("detections") or {},
+    }
     print(f"picket load: target {a.rate} ev/s for {a.secs} s{' (--brute)' if a.brute else ''}, broker up after "
           f"{a.offline_secs} s, process source {'on' if process else 'off'}; binary {picket}")
+    print(f"  machine: {os.cpu_count()} CPUs, load average {' '.join(loadavg0)} before, {' '.join(loadavg1)} after")
     print("  generated: " + ", ".join(f"{k} {n}" for k, n in ops.items()))
     print(f"  journaled during the load: {seq1 - seq0} events = {(seq1 - seq0) / secs:.0f} ev/s")
     print("  journaled by kind (whole run): " + ", ".join(f"{k} {n}" for k, n in kinds.most_common()))
     print(f"  drops: {final.get('drops') or 'none'}")
     print(f"  CPU: {100 * (cpu1 - cpu0) / secs:.1f} % of one core (agent process, user+sys)")
     # Threads that ended during the load (tokio's idle blocking threads) are missing here.
-    by_thread = Counter({k: threads1[k] - threads0.get(k, 0) for k in threads1})
     print("  CPU by thread: " + ", ".join(f"{k} {100 * v / secs:.1f} %" for k, v in by_thread.most_common() if v > 0))
     print(f"  RSS: steady {statistics.median(steady) / 1024:.1f} MiB (median of the second half), "
           f"peak {max(s[3] for s in samples) / 1024:.1f} MiB (VmHWM; VmRSS highest {max(s[2] for s in samples) / 1024:.1f} MiB "
@@ -353,7 +466,85 @@ topic_prefix = "picket/v1/load"
           f"drained in {drained_in:.1f} s; final backlog {final.get('backlog')}")
     print(f"  detections: {final.get('detections') or 'none'}")
     print(f"  budgets (cap / use at the end): {final_status.get('budgets') or 'not reported'}")
+
+    # --- latency
+    js, cs = seen["journal"], seen["collector"]
+    lat = {"journal_poll_ms": a.poll_ms, "collector_poll_ms": COLLECT_POLL * 1e3,
+           "watcher_cpu_pct_one_core": 100 * seen["cpu"] / secs}
+
+    def deltas(written, seen_at, key, since=None):
+        got = [seen_at[(key, k)] - t for k, t in written.items()
+               if (key, k) in seen_at and (since is None or t >= since)]
+        missing = sum(1 for k, t in written.items() if (key, k) not in seen_at and (since is None or t >= since))
+        return got, missing
+
+    rows = []
+    d, miss = deltas(marks, js, "mark")
+    rows.append(("event -> journal", "marked auth line written -> in the journal", d, miss))
+    if a.brute:
+        d, miss = deltas(bursts, js, "action")
+        rows.append(("event -> action", "5th failure from a fresh address written -> action (block_ip dry run) journaled",
+                     d, miss))
+    if not a.no_collector:
+        since = drained_at if drained_at is not None else float("inf")
+        d, miss = deltas(marks, cs, "mark", since)
+        rows.append(("event -> collector", "marked auth line written -> in the collector's NDJSON", d, miss))
+        if a.brute:
+            d, miss = deltas(bursts, cs, "action", since)
+            rows.append(("event -> action at collector", "5th failure written -> action in the collector's NDJSON",
+                         d, miss))
+        lat["collector_counted_from_s"] = None if drained_at is None else drained_at - (t0 - time.time() + time.monotonic())
+        if collector:
+            lat["collector_cpu_pct_one_core"] = 100 * collector_cpu / secs
+            lat["collector_rss_mib"] = collector_rss[0] / 1024
+    print(f"  latency (watcher polls the journal every {a.poll_ms:g} ms over a read-only SQLite connection and the "
+          f"collector's NDJSON every {COLLECT_POLL * 1e3:g} ms: each figure is up to one poll late; "
+          f"watcher CPU {lat['watcher_cpu_pct_one_core']:.1f} % of one core):")
+    for name, what, d, miss in rows:
+        p = pct(d)
+        negative = sum(1 for x in d if x < 0)
+        lat[name] = dict(p or {}, what=what, missing=miss, negative=negative)
+        print(f"    {name}: {fmt_pct(p)}; not seen: {miss}{f'; NEGATIVE: {negative}' if negative else ''}  [{what}]")
+    if not a.no_collector:
+        if drained_at is None:
+            print("    (collector: the offline backlog never drained during the load: nothing counted)")
+        else:
+            print(f"    (collector: counted from {lat['collector_counted_from_s']:.1f} s into the load, once the offline "
+                  f"backlog had drained; collector CPU {lat.get('collector_cpu_pct_one_core', 0):.1f} % of one core "
+                  f"over the load, RSS {lat.get('collector_rss_mib', 0):.1f} MiB)")
+    report["latency"] = lat
     shutil.rmtree(tmp, ignore_errors=True)
+
+    if a.with_fail2ban:
+        report["block_latency"] = block_latency(picket, a)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"  figures written to {a.json}")
+
+
+def block_latency(picket, a):
+    """Run scripts/lab/block-latency.sh for --lab-tools; return {tool: figures} from its `json` lines."""
+    script = os.path.join(REPO, "scripts", "lab", "block-latency.sh")
+    if os.geteuid() != 0:
+        print("  block latency: *** SKIPPED (needs root) ***")
+        return {}
+    lab = a.lab_dir or tempfile.mkdtemp(prefix="picket-lab-")
+    cmd = [script, lab, "all" if a.lab_tools == "all" else a.lab_tools, str(a.lab_runs)]
+    print(f"  block latency: PICKET={picket} {' '.join(cmd)}", flush=True)
+    p = subprocess.run(cmd, env=dict(os.environ, PICKET=picket), capture_output=True, text=True)
+    out = {}
+    for line in p.stdout.splitlines():
+        m = re.match(r"^(\w+): json (\{.*\})$", line)
+        if m:
+            out[m.group(1)] = json.loads(m.group(2))
+        elif not line.startswith("--- summary"):
+            print("    " + line)
+    if p.returncode != 0:
+        print(f"    block-latency.sh exited {p.returncode}: {p.stderr.strip()[-2000:]}")
+    if not a.lab_dir:
+        shutil.rmtree(lab, ignore_errors=True)
+    return out
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 #
 #   block-latency.sh DIR fail2ban|sshguard|picket [RUNS]      (RUNS default 5)
 #   block-latency.sh DIR all [RUNS]                           the three, one after the other, one lab
+#   block-latency.sh DIR fail2ban,picket [RUNS]               a list, one after the other, one lab
 #
 # Brings the lab up in DIR if it is not up (and then takes it down at the end); a lab that was up
 # is left up. Per run:
@@ -32,7 +33,13 @@
 #      sshguard would count as a failure of its own);
 #   5. whether the attacker still reaches port 22 (`sshd-lab.sh probe`), then the blocker and the
 #      monitor are stopped and the victim namespace's ruleset is flushed (it holds only the lab's).
-# Prints each run and min/median/max in ms; the raw logs stay in DIR/bl/<tool>-<run>.*.
+# Footprint, per run, of every process in the blocker's session (the daemon, its helpers such as
+# sshguard's sshg-* pipeline, and, through cutime/cstime, the commands it ran and waited for, such as
+# fail2ban's `nft`): CPU from start to ready (startup), CPU from ready to the block seen in nft monitor
+# (the attack window, ~10 s: idle time between attempts plus the detection), and the summed VmRSS
+# at the end of that window (VmHWM: the highest of one process).
+# Prints each run and min/median/max in ms, the footprint's medians, and one `TOOL: json {...}` line
+# with all of it; the raw logs stay in DIR/bl/<tool>-<run>.*.
 # Everything runs inside the lab's namespaces: the host's firewall is never touched. Needs root.
 set -euo pipefail
 
@@ -45,16 +52,20 @@ die() {
   echo "$PROG: $*" >&2
   exit 1
 }
-[ $# -ge 2 ] || die "usage: $PROG DIR fail2ban|sshguard|picket|all [RUNS]"
+[ $# -ge 2 ] || die "usage: $PROG DIR fail2ban|sshguard|picket|all|TOOL,TOOL.. [RUNS]"
 mkdir -p "$1"
 DIR=$(readlink -f "$1")
 TOOL=$2
 RUNS=${3:-5}
-case "$TOOL" in fail2ban | sshguard | picket | all) ;; *) die "unknown blocker '$TOOL'" ;; esac
+TOOLS=${TOOL//,/ }
+[ "$TOOL" = all ] && TOOLS="fail2ban sshguard picket"
+for t in $TOOLS; do
+  case "$t" in fail2ban | sshguard | picket) ;; *) die "unknown blocker '$t'" ;; esac
+done
 [ "$(id -u)" -eq 0 ] || die "needs root"
 
-if [ "$TOOL" = all ]; then
-  # All three in one lab (same namespaces, same sshd and rsyslogd), one after the other.
+if [ "$TOOLS" != "$TOOL" ]; then
+  # Several in one lab (same namespaces, same sshd and rsyslogd), one after the other.
   own=no
   if [ ! -f "$DIR/lab.env" ] || ! "$LAB" probe "$DIR" 2>/dev/null; then
     "$LAB" up "$DIR"
@@ -62,11 +73,13 @@ if [ "$TOOL" = all ]; then
   fi
   trap '[ "$own" = yes ] && "$LAB" down "$DIR" >/dev/null' EXIT
   rc=0
-  for t in fail2ban sshguard picket; do
+  for t in $TOOLS; do
     "${BASH_SOURCE[0]}" "$DIR" "$t" "$RUNS" | tee "$DIR/block-latency-$t.txt" || rc=1
   done
   echo "--- summary"
-  grep -h 'log line -> nftables' "$DIR"/block-latency-*.txt || true
+  for t in $TOOLS; do
+    grep -hE '(log line -> nftables|footprint):' "$DIR/block-latency-$t.txt" || true
+  done
   exit $rc
 fi
 
@@ -104,6 +117,19 @@ stop_bg() {
     kill -KILL -- "-$pid" 2>/dev/null || true
   fi
   rm -f "$RUNDIR/$name.pid"
+}
+
+# "CPU-seconds RSS-KiB HWM-KiB" of the session SID: CPU (utime+stime+cutime+cstime) and VmRSS summed
+# over its processes, VmHWM the highest of one.
+session_usage() {
+  local sid=$1 pid st
+  for pid in $(ps -s "$sid" -o pid= 2>/dev/null); do
+    st=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+    printf '%s ' "$(printf '%s' "${st##*) }" | awk '{ print $12 + $13 + $14 + $15 }')"
+    awk '/^VmRSS:/ { r = $2 } /^VmHWM:/ { h = $2 } END { print r + 0, h + 0 }' "/proc/$pid/status" 2>/dev/null ||
+      echo "0 0"
+  done | awk -v tck="$(getconf CLK_TCK)" '{ c += $1; r += $2; if ($3 > h) h = $3 }
+    END { printf "%.2f %d %d\n", c / tck, r, h }'
 }
 
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
@@ -230,6 +256,7 @@ stop_blocker() {
 epoch_of() { date -d "$1" +%s.%6N; } # RFC 3339 -> seconds.micro
 
 results=()
+usage=() # per run: "startup-CPU-s window-CPU-s window-s RSS-KiB HWM-KiB"
 for ((run = 1; run <= RUNS; run++)); do
   mon=$BL/$TOOL-$run.nft
   : >"$mon"
@@ -238,7 +265,11 @@ for ((run = 1; run <= RUNS; run++)); do
   start_bg nftmon "$mon" "$LAB" exec "$DIR" bash -c \
     'nft monitor | while IFS= read -r l; do printf "%s %s\n" "$EPOCHREALTIME" "$l"; done'
   sleep 0.3
+  t_start=$EPOCHREALTIME
   start_blocker "$run"
+  sid=$(cat "$RUNDIR/blocker.pid")
+  read -r cpu_ready _ _ < <(session_usage "$sid")
+  t_ready=$EPOCHREALTIME
   "$LAB" probe "$DIR" || die "run $run: the attacker cannot reach sshd before the attack"
 
   from=$(($(wc -l <"$DIR/auth.log") + 1))
@@ -250,11 +281,18 @@ for ((run = 1; run <= RUNS; run++)); do
 
   pat="add element .*[{ ,]$(printf '%s' "$ATTACKER_IP" | sed 's/\./\\./g')([/ ,}]|$)"
   if wait_for 15 "the block of $ATTACKER_IP in nft monitor" grep -qE "$pat" "$mon"; then
+    read -r cpu_end rss hwm < <(session_usage "$sid")
+    t_end=$EPOCHREALTIME
+    usage+=("$cpu_ready $(awk -v a="$cpu_ready" -v b="$cpu_end" 'BEGIN { printf "%.2f", b - a }') \
+$(awk -v a="$t_ready" -v b="$t_end" 'BEGIN { printf "%.2f", b - a }') $rss $hwm")
     tb=$(grep -E "$pat" "$mon" | head -n1 | cut -d' ' -f1)
     ms=$(awk -v a="$t5" -v b="$tb" 'BEGIN { printf "%.2f", (b - a) * 1000 }')
     if "$LAB" probe "$DIR"; then refused="NO, still reachable"; else refused=yes; fi
     echo "$TOOL run $run: 5th failure ${fifth:11:15}, in nftables +$ms ms; attacker blocked: $refused"
     echo "  $(grep -E "$pat" "$mon" | head -n1 | cut -d' ' -f2-)"
+    read -r _ wcpu wsecs rss hwm <<<"${usage[-1]}"
+    echo "  footprint: startup CPU $cpu_ready s in $(awk -v a="$t_start" -v b="$t_ready" 'BEGIN { printf "%.1f", b - a }') s; \
+then $wcpu s CPU in $wsecs s to the block; RSS $((rss / 1024)) MiB, VmHWM $((hwm / 1024)) MiB"
     results+=("$ms")
   else
     echo "$TOOL run $run: 5th failure ${fifth:11:15}, NO block of $ATTACKER_IP within 15 s (see $mon, $BL/$TOOL-$run.out)"
@@ -276,6 +314,21 @@ if [ ${#results[@]} -gt 0 ]; then
     END {
       med = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
       printf "%s: log line -> nftables, %d of %d runs blocked: min %.2f ms, median %.2f ms, max %.2f ms\n", tool, NR, runs, v[1], med, v[NR]
+    }'
+  # Medians of the footprint; and all of it as one JSON line for scripts/bench/load.py.
+  printf '%s\n' "${usage[@]}" | awk -v tool="$TOOL" -v runs="$RUNS" -v lat="${results[*]}" '
+    function median(a, n,   i, j, t) {
+      for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+      return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    { s[NR] = $1; c[NR] = $2; w[NR] = $3; p[NR] = 100 * $2 / $3; r[NR] = $4; h[NR] = $5 }
+    END {
+      n = split(lat, l, " ")
+      ms = median(s, NR); mc = median(c, NR); mw = median(w, NR); mp = median(p, NR); mr = median(r, NR); mh = median(h, NR)
+      printf "%s: footprint: startup CPU %.2f s; attack window %.1f s: CPU %.2f s = %.1f %% of one core; RSS %.1f MiB (VmHWM %.1f MiB); medians of %d runs\n", tool, ms, mw, mc, mp, mr / 1024, mh / 1024, NR
+      printf "%s: json {\"runs\": %d, \"blocked\": %d, \"latency_ms\": [", tool, runs, n
+      for (i = 1; i <= n; i++) printf "%s%s", (i > 1 ? ", " : ""), l[i]
+      printf "], \"startup_cpu_s\": %.2f, \"window_s\": %.2f, \"window_cpu_s\": %.2f, \"window_cpu_pct\": %.2f, \"rss_mib\": %.2f, \"hwm_mib\": %.2f}\n", ms, mw, mc, mp, mr / 1024, mh / 1024
     }'
 else
   echo "$TOOL: log line -> nftables: no run blocked the attacker"

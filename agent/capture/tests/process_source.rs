@@ -444,13 +444,32 @@ async fn fanotify_gives_each_exec_its_program_after_the_process_is_gone() {
 /// made here, after the process is gone, so /proc is sure to be empty): the real /proc reader and
 /// the real fanotify group give its `process.start` the program's path, and the fd fanotify kept
 /// gives its hash.
+/// The connector's messages for a child of `parent` that exec'd and exited with code 1.
+fn fork_exec_exit(parent: u32, pid: u32) -> [picket_capture::process::netlink::Message; 3] {
+    use picket_capture::process::netlink::{ConnEvent, Message};
+    [
+        Message {
+            cpu: 0,
+            seq: 0,
+            timestamp_ns: 1,
+            event: ConnEvent::Fork { parent_tgid: parent, child_pid: pid, child_tgid: pid },
+        },
+        Message { cpu: 0, seq: 1, timestamp_ns: 2, event: ConnEvent::Exec { pid, tgid: pid } },
+        Message {
+            cpu: 0,
+            seq: 2,
+            timestamp_ns: 3,
+            event: ConnEvent::Exit { pid, tgid: pid, exit_code: 1 << 8, parent_tgid: Some(parent) },
+        },
+    ]
+}
+
 #[tokio::test]
 async fn an_exec_gone_before_proc_is_read_gets_its_path_and_hash_from_fanotify() {
     if skip_unless_root("an_exec_gone_before_proc_is_read_gets_its_path_and_hash_from_fanotify") {
         return;
     }
     use picket_capture::process::fanotify::ExecPaths;
-    use picket_capture::process::netlink::{ConnEvent, Message};
     use picket_capture::process::procfs::ProcReader;
     use picket_capture::process::{Opener, Tracker, cache::ProcCache};
     let (_dir, bin) = short_lived_binary();
@@ -460,21 +479,7 @@ async fn an_exec_gone_before_proc_is_read_gets_its_path_and_hash_from_fanotify()
     assert_eq!(child.wait().unwrap().code(), Some(1));
     paths.drain();
     let me = std::process::id();
-    let batch = [
-        Message {
-            cpu: 0,
-            seq: 0,
-            timestamp_ns: 1,
-            event: ConnEvent::Fork { parent_tgid: me, child_pid: pid, child_tgid: pid },
-        },
-        Message { cpu: 0, seq: 1, timestamp_ns: 2, event: ConnEvent::Exec { pid, tgid: pid } },
-        Message {
-            cpu: 0,
-            seq: 2,
-            timestamp_ns: 3,
-            event: ConnEvent::Exit { pid, tgid: pid, exit_code: 1 << 8, parent_tgid: Some(me) },
-        },
-    ];
+    let batch = fork_exec_exit(me, pid);
     let mut tracker = Tracker::new(ProcCache::default(), 0);
     let mut fs = ProcReader::default();
     let mut out = Vec::new();
@@ -509,7 +514,6 @@ async fn an_exec_gone_before_proc_is_read_gets_its_path_and_argv_from_ebpf() {
         return;
     }
     use picket_capture::process::bpf::ExecNames;
-    use picket_capture::process::netlink::{ConnEvent, Message};
     use picket_capture::process::procfs::ProcReader;
     use picket_capture::process::{Execs, Tracker, cache::ProcCache};
     let mut names = match ExecNames::open() {
@@ -532,21 +536,7 @@ async fn an_exec_gone_before_proc_is_read_gets_its_path_and_argv_from_ebpf() {
     assert_eq!(child.wait().unwrap().code(), Some(1));
     names.drain();
     let me = std::process::id();
-    let batch = [
-        Message {
-            cpu: 0,
-            seq: 0,
-            timestamp_ns: 1,
-            event: ConnEvent::Fork { parent_tgid: me, child_pid: pid, child_tgid: pid },
-        },
-        Message { cpu: 0, seq: 1, timestamp_ns: 2, event: ConnEvent::Exec { pid, tgid: pid } },
-        Message {
-            cpu: 0,
-            seq: 2,
-            timestamp_ns: 3,
-            event: ConnEvent::Exit { pid, tgid: pid, exit_code: 1 << 8, parent_tgid: Some(me) },
-        },
-    ];
+    let batch = fork_exec_exit(me, pid);
     let mut execs = Execs { paths: None, names: Some(names) };
     let mut tracker = Tracker::new(ProcCache::default(), 0);
     let mut fs = ProcReader::default();

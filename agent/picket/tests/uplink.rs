@@ -110,6 +110,22 @@ impl Lab {
         path
     }
 
+    /// Agent config with `ack = "collector"`: the collector's key (from the collector config
+    /// already written) pinned on the device.
+    fn agent_config_with_collector_acks(&self, extra: &str) -> PathBuf {
+        let out = Command::new(PICKET)
+            .args(["collect", "--config", self.p("collect.toml").to_str().unwrap(), "--export-key"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::write(self.p("collector.pub"), &out.stdout).unwrap();
+        let d = self.d();
+        self.agent_config(
+            "agent",
+            &format!("ack = \"collector\"\ncollector_key_file = \"{d}/collector.pub\"\n{extra}"),
+        )
+    }
+
     fn collect_config(&self) -> PathBuf {
         let d = self.d();
         let text = format!(
@@ -307,20 +323,7 @@ fn with_collector_acks_batches_the_broker_passed_to_no_one_are_published_again()
     let collect = lab.collect_config();
     let text = std::fs::read_to_string(&collect).unwrap();
     std::fs::write(&collect, format!("{text}share_group = \"soc\"\n")).unwrap();
-    let out = Command::new(PICKET)
-        .args(["collect", "--config", collect.to_str().unwrap(), "--export-key"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::write(lab.p("collector.pub"), &out.stdout).unwrap();
-    let d = lab.d();
-    lab.agent_config(
-        "agent",
-        &format!(
-            "ack = \"collector\"\ncollector_key_file = \"{d}/collector.pub\"\nack_timeout_secs = 2\n\
-             batch_max_events = 200\n"
-        ),
-    );
+    lab.agent_config_with_collector_acks("ack_timeout_secs = 2\nbatch_max_events = 200\n");
     lab.enrol();
     lab.journal_events(3000);
     let _agent = lab.start_agent();
@@ -587,18 +590,7 @@ fn in_end_to_end_mode_only_the_collectors_signed_ack_frees_the_outbox() {
     }
     let lab = Lab::new();
     lab.collect_config();
-    // The collector's key, pinned on the device.
-    let out = Command::new(PICKET)
-        .args(["collect", "--config", lab.p("collect.toml").to_str().unwrap(), "--export-key"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::write(lab.p("collector.pub"), &out.stdout).unwrap();
-    let d = lab.d();
-    lab.agent_config(
-        "agent",
-        &format!("ack = \"collector\"\ncollector_key_file = \"{d}/collector.pub\"\nbatch_max_events = 100\n"),
-    );
+    lab.agent_config_with_collector_acks("batch_max_events = 100\n");
     lab.enrol();
     lab.journal_events(1000);
     // The collector subscribes once (the broker keeps its session), then goes away.
