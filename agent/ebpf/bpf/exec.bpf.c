@@ -2,11 +2,11 @@
 // picket exec tracer: one record per successful execve/execveat, with the filename exactly as
 // the kernel got it (bprm->filename: symlinks not followed, relative paths as passed) and the raw
 // argv block of the new program. Built by agent/ebpf/build.rs with
-// `clang -O2 -g -target bpfel|bpfeb -c`; loaded by aya, which applies the CO-RE relocations
-// against /sys/kernel/btf/vmlinux.
+// `clang -O2 -g -target bpfel|bpfeb -c`; loaded by src/load.rs with the kernel's struct offsets
+// (src/btf.rs) in the `off_*` globals.
 //
 // No system headers (a BPF target has no libc and linux/bpf.h pulls arch headers): the few
-// types, helper ids and kernel structs used are declared here. Helper ids are the kernel's
+// types and helper ids used are declared here. Helper ids are the kernel's
 // stable UAPI numbers (include/uapi/linux/bpf.h, __BPF_FUNC_MAPPER).
 //
 // Hook: raw_tracepoint/sched_process_exec, TP_PROTO(struct task_struct *p, pid_t old_pid,
@@ -43,39 +43,28 @@ static __u64 (*bpf_ktime_get_boot_ns)(void) = (void *)125;
 static long (*bpf_ringbuf_output)(void *ringbuf, void *data, __u64 size, __u64 flags) =
     (void *)130;
 
-// CO-RE: clang records each field access below as a relocation; the loader rewrites the offset
-// to the running kernel's (found by name in its BTF), so these declarations only need the fields
-// read, with the right types.
-#define CORE __attribute__((preserve_access_index))
-#define BPF_FIELD_EXISTS 2
-#define field_exists(f) __builtin_preserve_field_info(f, BPF_FIELD_EXISTS)
-#define read_kernel(dst, src) bpf_probe_read_kernel(&(dst), sizeof(dst), &(src))
+// Kernel struct offsets: no CO-RE (aya would parse the whole 5.5 MB kernel BTF for it, ~17 MB of
+// peak memory). src/btf.rs streams /sys/kernel/btf/vmlinux for the byte offsets of exactly the
+// members read below (by name, also inside anonymous structs/unions), and the loader writes them
+// into these read-only globals before load; `volatile` so clang does not fold the placeholders.
+// The members' types are fixed here, as they have been in the kernel for years: pid/tgid s32,
+// pointers, arg_start/arg_end unsigned long (64-bit kernels only), euid a kuid_t (one u32),
+// start_boottime u64.
+#define NO_OFFSET 0xffffffffu
+volatile const __u32 off_bprm_filename = 0;
+volatile const __u32 off_task_pid = 0;
+volatile const __u32 off_task_tgid = 0;
+volatile const __u32 off_task_real_parent = 0;
+volatile const __u32 off_task_mm = 0;
+volatile const __u32 off_task_cred = 0;
+volatile const __u32 off_task_start_boottime = NO_OFFSET; // NO_OFFSET: not in this kernel
+volatile const __u32 off_mm_arg_start = 0;
+volatile const __u32 off_mm_arg_end = 0;
+volatile const __u32 off_cred_euid = 0;
 
-struct linux_binprm {
-  const char *filename;
-} CORE;
-
-typedef struct {
-  __u32 val;
-} kuid_t;
-
-struct cred {
-  kuid_t euid;
-} CORE;
-
-struct mm_struct {
-  unsigned long arg_start;
-  unsigned long arg_end;
-} CORE;
-
-struct task_struct {
-  __s32 pid;
-  __s32 tgid;
-  struct task_struct *real_parent;
-  struct mm_struct *mm;
-  const struct cred *cred;
-  __u64 start_boottime;
-} CORE;
+// Reads the field at byte `off` of the kernel object at `base` into `dst`.
+#define read_field(dst, base, off)                                                              \
+  bpf_probe_read_kernel(&(dst), sizeof(dst), (const char *)(base) + (off))
 
 struct bpf_raw_tracepoint_args {
   __u64 args[0];
@@ -135,7 +124,7 @@ struct {
   __type(value, __u64);
 } lost SEC(".maps");
 
-// Set by the loader before load (aya set_global); volatile so clang does not fold the default.
+// Set by the loader before load; volatile so clang does not fold the default.
 volatile const __u32 argv_cap = 4096;
 
 SEC("raw_tracepoint/sched_process_exec")
@@ -145,26 +134,28 @@ int picket_exec(struct bpf_raw_tracepoint_args *ctx) {
   if (!s)
     return 0;
 
-  struct task_struct *task = (struct task_struct *)ctx->args[0];
-  struct linux_binprm *bprm = (struct linux_binprm *)ctx->args[2];
+  const void *task = (const void *)ctx->args[0];
+  const void *bprm = (const void *)ctx->args[2];
 
   __s32 pid = 0, tid = 0, ppid = 0;
-  struct task_struct *parent = 0;
-  read_kernel(pid, task->tgid);
-  read_kernel(tid, task->pid);
-  read_kernel(parent, task->real_parent);
+  const void *parent = 0;
+  read_field(pid, task, off_task_tgid);
+  read_field(tid, task, off_task_pid);
+  read_field(parent, task, off_task_real_parent);
   if (parent)
-    read_kernel(ppid, parent->tgid);
+    read_field(ppid, parent, off_task_tgid);
 
+  // cred->euid is a kuid_t, a struct of one uid_t.
   __u32 euid = 0;
-  const struct cred *cred = 0;
-  read_kernel(cred, task->cred);
+  const void *cred = 0;
+  read_field(cred, task, off_task_cred);
   if (cred)
-    read_kernel(euid, cred->euid.val);
+    read_field(euid, cred, off_cred_euid);
 
   __u64 start_boot = 0;
-  if (field_exists(task->start_boottime))
-    read_kernel(start_boot, task->start_boottime);
+  __u32 off_start = off_task_start_boottime;
+  if (off_start != NO_OFFSET)
+    read_field(start_boot, task, off_start);
 
   s->hdr.boot_ns = bpf_ktime_get_boot_ns();
   s->hdr.mono_ns = bpf_ktime_get_ns();
@@ -178,7 +169,7 @@ int picket_exec(struct bpf_raw_tracepoint_args *ctx) {
 
   // Filename: bprm->filename, a kernel string.
   const char *filename = 0;
-  read_kernel(filename, bprm->filename);
+  read_field(filename, bprm, off_bprm_filename);
   long n = bpf_probe_read_kernel_str(s->data, FILENAME_MAX_LEN, filename);
   __u32 fn_len = 0;
   if (n <= 0) {
@@ -194,11 +185,11 @@ int picket_exec(struct bpf_raw_tracepoint_args *ctx) {
 
   // Argv: the new program's mm->arg_start..arg_end, user memory the kernel just wrote.
   __u64 arg_start = 0, arg_end = 0;
-  struct mm_struct *mm = 0;
-  read_kernel(mm, task->mm);
+  const void *mm = 0;
+  read_field(mm, task, off_task_mm);
   if (mm) {
-    read_kernel(arg_start, mm->arg_start);
-    read_kernel(arg_end, mm->arg_end);
+    read_field(arg_start, mm, off_mm_arg_start);
+    read_field(arg_end, mm, off_mm_arg_end);
   }
   __u64 total = arg_end > arg_start ? arg_end - arg_start : 0;
   __u64 cap = argv_cap;

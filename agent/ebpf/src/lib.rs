@@ -6,8 +6,11 @@
 //!   `raw_tracepoint/sched_process_exec` program. It reads `bprm->filename` (the path the program
 //!   was started by, as given: symlinks not followed, so a BusyBox applet keeps its own name)
 //!   and the argv block `mm->arg_start..arg_end` of the new program. Kernel struct offsets are
-//!   CO-RE relocations resolved against `/sys/kernel/btf/vmlinux` at load, so one object serves
-//!   every kernel with BTF. A raw tracepoint needs no tracefs mount and no BPF trampoline.
+//!   read at start from `/sys/kernel/btf/vmlinux` by a streaming reader ([`btf`]) and handed to
+//!   the program as read-only globals, so one object serves every kernel with BTF. Not CO-RE:
+//!   aya's CO-RE parses the whole kernel BTF, ~17 MB of peak memory; this costs ~80 KiB (the
+//!   object is loaded by `load.rs`, not aya's `EbpfLoader`, whose constructor parses it too). A
+//!   raw tracepoint needs no tracefs mount and no BPF trampoline.
 //! - Records go through a BPF ring buffer (bounded, [`ExecTracerOptions::ring_bytes`]); one the
 //!   ring has no room for is counted in a per-CPU counter map and reported by
 //!   [`ExecTracer::lost`]. Nothing waits: the kernel never blocks an exec on us.
@@ -29,20 +32,24 @@
 //! one process across pid reuse.
 //!
 //! Costs: ~1.4 µs of kernel time per exec (measured with `exectrace --bench`), kernel memory of
-//! the ring plus a ~20.5 KiB scratch record per CPU.
+//! the ring plus a ~20.5 KiB scratch record per CPU. In user space, starting adds ~0.7 MB to the
+//! peak RSS (tests/rss.rs, release build): 520 KiB of it is the ring buffer's mapping, which the
+//! kernel maps whole at once with its data pages twice (default 2 x 256 KiB + 2 control pages);
+//! the BTF reader ~80 KiB, code paged in the rest.
 //!
 //! Needs: Linux 5.8+ (ring buffer, `bpf_ktime_get_boot_ns`), kernel BTF, a 64-bit kernel, and
 //! root (CAP_BPF + CAP_PERFMON, or CAP_SYS_ADMIN). [`ExecTracer::start`] says which is missing.
 
+pub mod btf;
+mod load;
+
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
-use aya::programs::RawTracePoint;
-use aya::{Ebpf, EbpfLoader};
+use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
 
 #[cfg(picket_ebpf_object)]
 static OBJECT: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/exec.bpf.o")));
@@ -57,7 +64,23 @@ pub const FILENAME_MAX_BYTES: usize = 4095;
 const RING_MIN: u32 = 64 * 1024;
 
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
-const TRACEPOINT: &str = "sched_process_exec";
+const TRACEPOINT: &std::ffi::CStr = c"sched_process_exec";
+
+/// The kernel struct members the program reads: its global holding the byte offset, the struct,
+/// the member, and whether the program can do without it (then the global is `u32::MAX`).
+/// `task_struct.start_boottime` came in 5.5; the others are older than the 5.8 needed.
+pub const KERNEL_MEMBERS: [(&str, &str, &str, bool); 10] = [
+    ("off_bprm_filename", "linux_binprm", "filename", true),
+    ("off_task_pid", "task_struct", "pid", true),
+    ("off_task_tgid", "task_struct", "tgid", true),
+    ("off_task_real_parent", "task_struct", "real_parent", true),
+    ("off_task_mm", "task_struct", "mm", true),
+    ("off_task_cred", "task_struct", "cred", true),
+    ("off_task_start_boottime", "task_struct", "start_boottime", false),
+    ("off_mm_arg_start", "mm_struct", "arg_start", true),
+    ("off_mm_arg_end", "mm_struct", "arg_end", true),
+    ("off_cred_euid", "cred", "euid", true),
+];
 const LOAD_ATTEMPTS: u32 = 5;
 
 // Layout of `struct exec_hdr` in exec.bpf.c, native byte order.
@@ -147,6 +170,9 @@ pub enum Error {
     /// The kernel is older than what the program needs.
     #[error("kernel {release} too old for the eBPF exec tracer (needs 5.8+): {stage}: {detail}")]
     KernelTooOld { release: String, stage: &'static str, detail: String },
+    /// The kernel's BTF could not be read, or lacks a member the program reads.
+    #[error("eBPF exec tracer: kernel struct offsets: {0}")]
+    Btf(#[from] btf::BtfError),
     /// Anything else aya or the kernel refused.
     #[error("eBPF exec tracer: {stage} failed: {detail}")]
     Load { stage: &'static str, detail: String },
@@ -154,18 +180,19 @@ pub enum Error {
 
 /// A running exec tracer. Dropping it detaches the program and frees the maps.
 pub struct ExecTracer {
-    // The program stays attached while `ebpf` lives; the maps taken out of it are `ring` and
-    // `lost`.
     ring: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
     malformed: u64,
-    ebpf: Ebpf,
+    // The program stays attached while `link` is open; the kernel keeps the maps it uses.
+    link: OwnedFd,
+    prog: OwnedFd,
 }
 
 impl fmt::Debug for ExecTracer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ExecTracer")
             .field("ring_fd", &self.ring.as_raw_fd())
+            .field("link_fd", &self.link.as_raw_fd())
             .field("malformed", &self.malformed)
             .finish_non_exhaustive()
     }
@@ -195,48 +222,43 @@ impl ExecTracer {
         }
 
         let release = rustix::system::uname().release().to_string_lossy().into_owned();
-        let fail = |stage: &'static str, e: &(dyn std::error::Error + 'static)| classify(stage, e, &release);
 
-        let argv_cap = opts.argv_max_bytes;
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries("events", opts.ring_bytes)
-            .override_global("argv_cap", &argv_cap, true)
-            .load(object)
-            .map_err(|e| fail("loading the object (maps, relocations)", &e))?;
-        let program: &mut RawTracePoint = ebpf
-            .program_mut("picket_exec")
-            .ok_or(Error::Load {
-                stage: "finding the program",
-                detail: "no picket_exec in the object".into(),
-            })?
-            .try_into()
-            .map_err(|e| fail("program type", &e))?;
-        // The verifier gives up with EAGAIN when a signal arrives for the loading thread (a
-        // child exiting, say); libbpf retries such loads too.
-        let mut attempt = 1;
-        loop {
-            match program.load() {
-                Ok(()) => break,
-                Err(aya::programs::ProgramError::LoadError { io_error, .. })
-                    if attempt < LOAD_ATTEMPTS
-                        && io_error.raw_os_error() == Some(rustix::io::Errno::AGAIN.raw_os_error()) =>
-                {
-                    attempt += 1;
+        let wanted: Vec<(&str, &str)> = KERNEL_MEMBERS.iter().map(|(_, s, m, _)| (*s, *m)).collect();
+        let offsets = btf::member_offsets(Path::new(BTF_PATH), &wanted)?;
+        let mut globals = vec![("argv_cap", opts.argv_max_bytes)];
+        for ((global, strukt, member, required), off) in KERNEL_MEMBERS.iter().zip(offsets) {
+            match off {
+                Some(off) => globals.push((global, off)),
+                None if *required => {
+                    return Err(Error::Btf(btf::BtfError::MissingMember {
+                        path: BTF_PATH.into(),
+                        strukt: (*strukt).to_owned(),
+                        member: (*member).to_owned(),
+                    }));
                 }
-                Err(e) => return Err(fail("loading the program (verifier)", &e)),
+                None => globals.push((global, u32::MAX)),
             }
         }
-        program.attach(TRACEPOINT).map_err(|e| fail("attaching to raw tracepoint sched_process_exec", &e))?;
 
-        let ring = ebpf
-            .take_map("events")
-            .ok_or(Error::Load { stage: "finding the map", detail: "no events map".into() })?;
-        let ring = RingBuf::try_from(ring).map_err(|e| fail("opening the ring buffer", &e))?;
-        let lost = ebpf
-            .take_map("lost")
-            .ok_or(Error::Load { stage: "finding the map", detail: "no lost map".into() })?;
-        let lost = PerCpuArray::try_from(lost).map_err(|e| fail("opening the lost counter", &e))?;
-        Ok(ExecTracer { ring, lost, malformed: 0, ebpf })
+        let loaded = load::load(
+            object,
+            &globals,
+            &[("events", opts.ring_bytes)],
+            "picket_exec",
+            TRACEPOINT,
+            LOAD_ATTEMPTS,
+        )
+        .map_err(|(stage, e)| classify(stage, &*e, &release))?;
+        let load::Loaded { prog, link, mut maps } = loaded;
+        let mut take = |name: &str| {
+            maps.remove(name)
+                .ok_or_else(|| Error::Load { stage: "finding the map", detail: format!("no {name} map") })
+        };
+        let ring = RingBuf::try_from(Map::RingBuf(take("events")?))
+            .map_err(|e| classify("opening the ring buffer", &e, &release))?;
+        let lost = PerCpuArray::try_from(Map::PerCpuArray(take("lost")?))
+            .map_err(|e| classify("opening the lost counter", &e, &release))?;
+        Ok(ExecTracer { ring, lost, malformed: 0, link, prog })
     }
 
     /// Hands every record waiting to `f`, oldest first; returns how many. Records the kernel
@@ -292,8 +314,8 @@ impl ExecTracer {
     /// run-time statistics are on (`sysctl kernel.bpf_stats_enabled=1`, or an fd from
     /// `BPF_ENABLE_STATS` held open, as the `exectrace --bench` example does); else both are 0.
     pub fn run_stats(&self) -> Option<(u64, Duration)> {
-        let info = self.ebpf.program("picket_exec")?.info().ok()?;
-        Some((info.run_count(), info.run_time()))
+        let (count, ns) = load::run_stats(self.prog.as_fd()).ok()?;
+        Some((count, Duration::from_nanos(ns)))
     }
 
     /// Records that came through the ring but did not parse (counted in `lost` too).
