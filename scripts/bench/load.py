@@ -211,6 +211,7 @@ def main():
     ap.add_argument("--policies", default=os.path.join(REPO, "policies"),
                     help="policy directory (default: the repo's; an older binary may need the policies of its time)")
     ap.add_argument("--brute", action="store_true", help="auth lines from 250 addresses: constant brute-force alerts")
+    ap.add_argument("--health-secs", type=int, default=5, help="agent.health_interval_secs of the agent under test")
     ap.add_argument("--poll-ms", type=float, default=2.0, help="journal poll interval of the latency watcher")
     ap.add_argument("--no-collector", action="store_true", help="no `picket collect` (no event -> collector figures)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
@@ -245,7 +246,7 @@ def main():
 data_dir = "{data}"
 device_id = "load-bench"
 mode = "monitor"
-health_interval_secs = 5
+health_interval_secs = {a.health_secs}
 status_interval_secs = 1
 [policies]
 paths = ["{a.policies}"]
@@ -299,7 +300,7 @@ gap_timeout_secs = 2
         threads0 = thread_cpu_secs(agent.pid)
         seq0 = read_status(data).get("health", {}).get("journal_last_seq", 0)
         bytes0 = read_status(data).get("health", {}).get("journal_bytes", 0)
-        samples = []
+        samples, backlogs = [], []
         files, nfile, ops, slot = [], 0, Counter(), 0
         authf = open(auth, "a")
         step, due = 0.05, 0.0
@@ -384,9 +385,10 @@ gap_timeout_secs = 2
             if not samples or tick - samples[-1][0] >= 1.0:
                 rss, hwm = proc_mem_kib(agent.pid)
                 samples.append((tick, proc_cpu_secs(agent.pid), rss, hwm))
+                backlog = read_status(data).get("health", {}).get("backlog")
+                backlogs.append((round(tick - t0, 1), backlog))
                 # The offline part's backlog is gone: from here on, collector latency is the live path.
-                if link_up is not None and drained_at is None and \
-                        read_status(data).get("health", {}).get("backlog", a.rate) < a.rate:
+                if link_up is not None and drained_at is None and backlog is not None and backlog < a.rate:
                     drained_at = time.monotonic()
             left = step - (time.time() - tick)
             if left > 0:
@@ -472,9 +474,16 @@ gap_timeout_secs = 2
     lat = {"journal_poll_ms": a.poll_ms, "collector_poll_ms": COLLECT_POLL * 1e3,
            "watcher_cpu_pct_one_core": 100 * seen["cpu"] / secs}
 
+    mono0 = t0 - time.time() + time.monotonic()  # the load's start on the monotonic clock
+    raw = {}
+
     def deltas(written, seen_at, key, since=None):
         got = [seen_at[(key, k)] - t for k, t in written.items()
                if (key, k) in seen_at and (since is None or t >= since)]
+        # For the JSON: [seconds into the load, latency ms] of every sample, to see patterns over time.
+        raw.setdefault(f"{key}:{'collector' if since is not None else 'journal'}", [
+            [round(t - mono0, 3), round((seen_at[(key, k)] - t) * 1e3, 2)] for k, t in written.items()
+            if (key, k) in seen_at and (since is None or t >= since)])
         missing = sum(1 for k, t in written.items() if (key, k) not in seen_at and (since is None or t >= since))
         return got, missing
 
@@ -493,7 +502,7 @@ gap_timeout_secs = 2
             d, miss = deltas(bursts, cs, "action", since)
             rows.append(("event -> action at collector", "5th failure written -> action in the collector's NDJSON",
                          d, miss))
-        lat["collector_counted_from_s"] = None if drained_at is None else drained_at - (t0 - time.time() + time.monotonic())
+        lat["collector_counted_from_s"] = None if drained_at is None else drained_at - mono0
         if collector:
             lat["collector_cpu_pct_one_core"] = 100 * collector_cpu / secs
             lat["collector_rss_mib"] = collector_rss[0] / 1024
@@ -513,6 +522,8 @@ gap_timeout_secs = 2
                   f"backlog had drained; collector CPU {lat.get('collector_cpu_pct_one_core', 0):.1f} % of one core "
                   f"over the load, RSS {lat.get('collector_rss_mib', 0):.1f} MiB)")
     report["latency"] = lat
+    report["latency_samples"] = raw
+    report["backlog_per_second"] = backlogs
     shutil.rmtree(tmp, ignore_errors=True)
 
     if a.with_fail2ban:
@@ -533,15 +544,24 @@ def block_latency(picket, a):
     cmd = [script, lab, "all" if a.lab_tools == "all" else a.lab_tools, str(a.lab_runs)]
     print(f"  block latency: PICKET={picket} {' '.join(cmd)}", flush=True)
     p = subprocess.run(cmd, env=dict(os.environ, PICKET=picket), capture_output=True, text=True)
-    out = {}
+    out, summary = {}, False
     for line in p.stdout.splitlines():
         m = re.match(r"^(\w+): json (\{.*\})$", line)
+        summary = summary or line.startswith("--- summary")
         if m:
             out[m.group(1)] = json.loads(m.group(2))
-        elif not line.startswith("--- summary"):
+        elif not summary:  # the summary repeats what was printed
             print("    " + line)
     if p.returncode != 0:
         print(f"    block-latency.sh exited {p.returncode}: {p.stderr.strip()[-2000:]}")
+    print("  side by side, auth-log line -> IP in nftables (medians over the runs; CPU and RSS of the blocker's "
+          "processes, from ready to the block):")
+    for tool, r in out.items():
+        v = sorted(r["latency_ms"])
+        med = statistics.median(v) if v else float("nan")
+        print(f"    {tool:9} {r['blocked']}/{r['runs']} blocked, latency min {min(v, default=0):.2f} / median {med:.2f} / "
+              f"max {max(v, default=0):.2f} ms; startup CPU {r['startup_cpu_s']:.2f} s; CPU {r['window_cpu_pct']:.2f} % of "
+              f"one core over {r['window_s']:.1f} s; RSS {r['rss_mib']:.1f} MiB (VmHWM {r['hwm_mib']:.1f} MiB)")
     if not a.lab_dir:
         shutil.rmtree(lab, ignore_errors=True)
     return out

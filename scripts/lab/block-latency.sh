@@ -78,7 +78,7 @@ if [ "$TOOLS" != "$TOOL" ]; then
   done
   echo "--- summary"
   for t in $TOOLS; do
-    grep -hE '(log line -> nftables|footprint):' "$DIR/block-latency-$t.txt" || true
+    grep -hE '^[a-z0-9]+: (log line -> nftables|footprint):' "$DIR/block-latency-$t.txt" || true
   done
   exit $rc
 fi
