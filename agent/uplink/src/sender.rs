@@ -379,7 +379,11 @@ async fn session(
     let mut nothing_new_after: Option<u64> = None;
     // Sealing commits with an fsync. Under a steady trickle of events every journal commit would
     // seal a tiny batch: at most one partial batch per SEAL_LINGER instead (flash wear, research
-    // §3.7 G8); a full batch means a backlog, which is sealed back to back.
+    // §3.7 G8); a full batch means a backlog, which is sealed back to back. Only a partial
+    // *routine* batch makes the next seal wait: a priority batch (alerts, actions) is sealed first
+    // when both lanes have events, so under a steady stream of alerts a linger after each of them
+    // left the routine lane one slot in two (routine events 1.5 s late; load.py --brute).
+    // (when, full or priority: no linger after it)
     let mut last_seal: Option<(Instant, bool)> = None;
     let mut bucket = TokenBucket::new(cfg.max_bytes_per_sec);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -396,14 +400,14 @@ async fn session(
                 if nothing_new_after == Some(last) {
                     break;
                 }
-                if last_seal.is_some_and(|(at, full)| !full && at.elapsed() < SEAL_LINGER) {
+                if last_seal.is_some_and(|(at, no_linger)| !no_linger && at.elapsed() < SEAL_LINGER) {
                     break; // the 200 ms tick comes back for it
                 }
                 match seal_next(cfg, journal).await? {
                     Some(b) => {
                         let full = usize::try_from(b.count).unwrap_or(usize::MAX) >= cfg.limits.max_events
                             || b.wire.len() * 10 >= cfg.limits.max_bytes * 9;
-                        last_seal = Some((Instant::now(), full));
+                        last_seal = Some((Instant::now(), full || b.priority));
                         queue.push_back(b);
                     }
                     None => {
