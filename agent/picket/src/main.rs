@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+#[cfg(feature = "collect")]
 mod collect;
 mod commands;
 mod config;
@@ -200,7 +201,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Actions(ActionsCommand::Revert { id, loc }) => {
             commands::actions_revert(&loc.data_dir()?, &id)
         }
+        #[cfg(feature = "collect")]
         Command::Collect { config, export_key } => collect::run(&config, export_key),
+        #[cfg(not(feature = "collect"))]
+        Command::Collect { .. } => {
+            anyhow::bail!(
+                "this build has no collector (cargo feature `collect`; the edge builds leave it out): \
+                 run `picket collect` from a full build at the SOC"
+            )
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[cfg(feature = "collector")]
 pub mod collector;
 pub mod sender;
 #[doc(hidden)]
