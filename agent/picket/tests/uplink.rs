@@ -327,7 +327,17 @@ fn with_collector_acks_batches_the_broker_passed_to_no_one_are_published_again()
     lab.enrol();
     lab.journal_events(3000);
     let _agent = lab.start_agent();
-    std::thread::sleep(Duration::from_secs(2)); // the agent publishes to no one
+    // The agent publishes to no one: wait until its status says it has.
+    let t = Instant::now();
+    loop {
+        let s = std::fs::read_to_string(lab.p("data/status.json")).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap_or_default();
+        if v["uplink"]["batches_published"].as_u64().is_some_and(|n| n > 0) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "the agent never published: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _collector = lab.start_collector();
     let got = lab.wait_collected(lab.journaled().len(), Duration::from_secs(60));
     let mut sorted = got.clone();
