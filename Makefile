@@ -48,7 +48,7 @@ rpm:
 package-test:
 	./scripts/package-test.sh
 
-## Edge builds for aarch64/armv7, musl (static) and gnu, profile `edge`, no Sigma, no libpcap;
+## Edge builds for aarch64/armv7, musl (static) and gnu, profile `edge`, no Sigma, eBPF, collector or libpcap;
 ## a target rustup cannot install is skipped loudly (cross/README.md).
 cross:
 	./cross/build.sh

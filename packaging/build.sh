@@ -23,7 +23,7 @@ version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 arch="${ARCH:-amd64}"
 case "$arch" in
   amd64) triple=x86_64-unknown-linux-gnu rpm_arch=x86_64 features="" ;;
-  arm64) triple=aarch64-unknown-linux-musl rpm_arch=aarch64 features="--no-default-features --features sigma,ebpf" ;;
+  arm64) triple=aarch64-unknown-linux-musl rpm_arch=aarch64 features="--no-default-features --features sigma,ebpf,collect" ;;
   *) echo "packaging: ARCH=$arch: only amd64 and arm64" >&2; exit 2 ;;
 esac
 

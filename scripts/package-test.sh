@@ -71,6 +71,11 @@ for s in postinst prerm postrm; do sh -n "$root/DEBIAN/$s" || fail "$s: shell sy
 bin="$root/usr/bin/picket"
 "$bin" --version | grep -q '^picket ' || fail "picket --version"
 ok "$("$bin" --version) runs from the unpacked package"
+# The package ships picket-collect.service: its binary must have the collector (the edge builds
+# leave it out and say so).
+if "$bin" collect --config "$root/nonexistent.toml" 2>&1 | grep -q "no collector"; then
+  fail "the packaged binary was built without the collector (feature collect)"
+fi
 # The shipped config, checked as is, then with its paths moved under the temp root and used.
 "$bin" config check "$root/etc/picket/picket.toml" >/dev/null || fail "config check of the shipped picket.toml"
 grep -q '^data_dir = "/var/lib/picket"$' "$root/etc/picket/picket.toml" || fail "data_dir is not /var/lib/picket"
