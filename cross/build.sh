@@ -9,9 +9,8 @@
 #   armv7-unknown-linux-gnueabihf   dynamic (glibc)
 #
 # Each target is built with the `edge` profile (root Cargo.toml: release with opt-level "z", fat LTO,
-# panic abort, strip) and `--no-default-features`: no Sigma, no libpcap. There is no musl libpcap,
-# and the gnu variants would need the foreign-architecture libpcap-dev:arm64/armhf, whose libc6
-# upgrades host packages in step, so no target here links libpcap (`replay --format pcap` works).
+# panic abort, strip) and `--no-default-features`: no Sigma, no live network source (full builds
+# load libpcap with dlopen when it starts; static musl binaries cannot; `replay --format pcap` works).
 # x86_64-unknown-linux-gnu and x86_64-unknown-linux-musl (static, non-PIE; C by the host gcc) are
 # accepted too (host, for the size table and x86 devices without glibc).
 #

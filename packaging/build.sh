@@ -4,7 +4,8 @@
 #   packaging/build.sh rpm   ->  $CARGO_TARGET_DIR/generate-rpm/picket-<ver>.x86_64.rpm (cargo-generate-rpm)
 # ARCH=arm64 (`make deb ARCH=arm64`) builds picket_<ver>_arm64.deb / picket-<ver>.aarch64.rpm from
 # the static aarch64-unknown-linux-musl cross build (cross/README.md): Sigma in, no libpcap (no
-# live network capture; there is no musl libpcap). amd64 is the full build (Sigma, libpcap).
+# live network capture; there is no musl libpcap). amd64 is the full build (Sigma, live capture
+# through libpcap, loaded when the network source starts: the deb recommends libpcap0.8).
 # Builds the release binary first through cross/build.sh (a no-op when it is up to date; the same
 # size flags as the edge builds) into $CARGO_TARGET_DIR/<triple>/release/. cargo-deb and
 # cargo-generate-rpm are installed with `cargo install --locked` into $CARGO_TOOLS_ROOT
@@ -22,8 +23,8 @@ export PATH="$tools/bin:$PATH"
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 arch="${ARCH:-amd64}"
 case "$arch" in
-  amd64) triple=x86_64-unknown-linux-gnu rpm_arch=x86_64 features="" ;;
-  arm64) triple=aarch64-unknown-linux-musl rpm_arch=aarch64 features="--no-default-features --features sigma,ebpf,collect" ;;
+  amd64) triple=x86_64-unknown-linux-gnu rpm_arch=x86_64 features="" deb_variant=(--variant amd64) ;;
+  arm64) triple=aarch64-unknown-linux-musl rpm_arch=aarch64 features="--no-default-features --features sigma,ebpf,collect" deb_variant=() ;;
   *) echo "packaging: ARCH=$arch: only amd64 and arm64" >&2; exit 2 ;;
 esac
 
@@ -50,7 +51,7 @@ case "${1:-}" in
     out="$target_dir/debian/picket_${version}_${arch}.deb"
     mkdir -p "$target_dir/debian"
     # the release profile strips
-    "$CARGO" deb -p picket --no-build --no-strip --target "$triple" --output "$out" >&2
+    "$CARGO" deb -p picket "${deb_variant[@]}" --no-build --no-strip --target "$triple" --output "$out" >&2
     echo "$out"
     ;;
   rpm)

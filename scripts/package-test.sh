@@ -35,6 +35,9 @@ info="$(dpkg-deb -I "$deb")"
 for f in "Package: picket" "Architecture: amd64" "Depends: libc6"; do
   grep -q "$f" <<<"$info" || fail "control lacks '$f'"
 done
+# libpcap is loaded when the network source starts: recommended, never a hard dependency.
+grep -q "^ *Recommends:.*libpcap0.8" <<<"$info" || fail "control does not recommend libpcap0.8"
+! grep -q "^ *Depends:.*libpcap" <<<"$info" || fail "control depends on libpcap: $(grep Depends: <<<"$info")"
 list="$(dpkg-deb -c "$deb")"
 expect_mode() { # mode path
   grep -Eq "^$1 (root/root|0/0) +[0-9]+ [0-9-]+ [0-9:]+ \.$2\$" <<<"$list" || fail "$2 missing or not $1 root/root"

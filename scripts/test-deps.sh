@@ -16,7 +16,7 @@
 #                                 input tests (journal-remote writes them; systemd need not be PID 1)
 #   passwd, login                 useradd/usermod for lock_account tests (a user the test adds)
 #   time                          GNU time for scripts/bench/auth-replay.sh
-#   libpcap-dev, tcpdump, tshark, live capture (pcap crate) and the network tests: pcaps made between test
+#   libpcap0.8, tcpdump, tshark,  live capture (libpcap, loaded at run time) and the network tests: pcaps made between test
 #   dnsmasq, bind9-dnsutils,      namespaces by curl/python3 http.server, dig against dnsmasq and nmap,
 #   nmap, curl, python3,          checked against tshark (and ping for ICMP flows);
 #   iputils-ping                  tshark is also the peer in docs/BENCHMARKS.md
@@ -30,7 +30,7 @@ set -euo pipefail
 
 PACKAGES=(gcc libc6-dev pkg-config procps iproute2 openssl mosquitto nftables openssh-server rsyslog sshpass
   fail2ban sshguard systemd systemd-journal-remote passwd login time
-  libpcap-dev tcpdump tshark dnsmasq bind9-dnsutils nmap curl python3 iputils-ping
+  libpcap0.8 tcpdump tshark dnsmasq bind9-dnsutils nmap curl python3 iputils-ping
   iperf3 clang llvm
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross qemu-user-static)
 

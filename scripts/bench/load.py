@@ -102,6 +102,37 @@ def proc_mem_kib(pid):
     return rss, hwm
 
 
+def rss_by_mapping(pid):
+    """RSS in KiB by kind of mapping (/proc/PID/smaps): where the agent's resident memory is."""
+    out = Counter()
+    name = ""
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                if line[0] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
+                    parts = line.split(None, 5)
+                    path = parts[5].strip() if len(parts) > 5 else ""
+                    if path == "[heap]":
+                        name = "heap (main malloc arena)"
+                    elif path.startswith("anon_inode:bpf"):
+                        name = "eBPF maps"
+                    elif path.endswith("/picket") or path.endswith("/picket (deleted)"):
+                        name = "picket binary"
+                    elif re.search(r"/(libc|ld-linux[^/]*|libm|libgcc_s)\.so", path):
+                        name = "libc, libm, ld.so, libgcc_s"
+                    elif ".so" in path:
+                        name = "other libraries"
+                    elif path in ("", "[stack]"):
+                        name = "anonymous (thread stacks, other malloc arenas)"
+                    else:
+                        name = "other"
+                elif line.startswith("Rss:"):
+                    out[name] += int(line.split()[1])
+    except OSError:
+        pass
+    return out
+
+
 MARK_EVERY = 20  # every 20th auth line is a marked one
 BURST_EVERY = 10  # steps (of 50 ms) between two brute-force bursts from fresh addresses
 COLLECT_POLL = 0.005
@@ -301,6 +332,7 @@ gap_timeout_secs = 2
         seq0 = read_status(data).get("health", {}).get("journal_last_seq", 0)
         bytes0 = read_status(data).get("health", {}).get("journal_bytes", 0)
         samples, backlogs = [], []
+        peak_map = (0, 0.0, Counter())
         files, nfile, ops, slot = [], 0, Counter(), 0
         authf = open(auth, "a")
         step, due = 0.05, 0.0
@@ -385,6 +417,8 @@ gap_timeout_secs = 2
             if not samples or tick - samples[-1][0] >= 1.0:
                 rss, hwm = proc_mem_kib(agent.pid)
                 samples.append((tick, proc_cpu_secs(agent.pid), rss, hwm))
+                if rss >= peak_map[0]:
+                    peak_map = (rss, tick - t0, rss_by_mapping(agent.pid))
                 backlog = read_status(data).get("health", {}).get("backlog")
                 backlogs.append((round(tick - t0, 1), backlog))
                 # The offline part's backlog is gone: from here on, collector latency is the live path.
@@ -394,6 +428,7 @@ gap_timeout_secs = 2
             if left > 0:
                 time.sleep(left)
         t1 = time.time()
+        end_map = rss_by_mapping(agent.pid)
         cpu1 = proc_cpu_secs(agent.pid)
         threads1 = thread_cpu_secs(agent.pid)
         st = read_status(data).get("health", {})
@@ -445,6 +480,7 @@ gap_timeout_secs = 2
         "cpu_pct_one_core": 100 * (cpu1 - cpu0) / secs,
         "cpu_pct_by_thread": {k: 100 * v / secs for k, v in by_thread.most_common() if v > 0},
         "rss_steady_mib": statistics.median(steady) / 1024, "rss_peak_hwm_mib": max(s[3] for s in samples) / 1024,
+        "rss_by_mapping_kib": {"at_peak": dict(peak_map[2]), "peak_at_s": peak_map[1], "at_end": dict(end_map)},
         "journal_growth_mb": (bytes1 - bytes0) / 1e6,
         "uplink": {"backlog_at_link": backlog_at_link, "backlog_at_end": drain_backlog, "drained_in_s": drained_in,
                    "final_backlog": final.get("backlog")},
@@ -463,6 +499,8 @@ gap_timeout_secs = 2
     print(f"  RSS: steady {statistics.median(steady) / 1024:.1f} MiB (median of the second half), "
           f"peak {max(s[3] for s in samples) / 1024:.1f} MiB (VmHWM; VmRSS highest {max(s[2] for s in samples) / 1024:.1f} MiB "
           f"at {max(samples, key=lambda s: s[2])[0] - t0:.0f} s into the load)")
+    for label, m in ((f"at the highest VmRSS ({peak_map[1]:.0f} s)", peak_map[2]), ("at the end", end_map)):
+        print(f"  RSS by mapping {label}: " + ", ".join(f"{k} {v / 1024:.1f}" for k, v in m.most_common()) + " MiB")
     print(f"  journal: +{(bytes1 - bytes0) / 1e6:.1f} MB during the load")
     print(f"  uplink: backlog {backlog_at_link} events when the broker came up; {drain_backlog} left at the end of the load, "
           f"drained in {drained_in:.1f} s; final backlog {final.get('backlog')}")

@@ -40,6 +40,8 @@ pub mod decode;
 pub mod dns;
 pub mod flow;
 #[cfg(feature = "pcap")]
+pub mod libpcap;
+#[cfg(feature = "pcap")]
 pub mod live;
 pub mod pcapfile;
 pub mod procnet;

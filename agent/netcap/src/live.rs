@@ -1,4 +1,4 @@
-//! Live capture through libpcap (feature `pcap`), on a plain thread: packets are decoded as they
+//! Live capture through libpcap (feature `pcap`; loaded when the source starts, [`crate::libpcap`]), on a plain thread: packets are decoded as they
 //! come and the events go into the pipeline through the bounded [`EventTx`] (a full queue drops
 //! and counts, `network.queue_full`). Packets the kernel dropped are counted as
 //! `network.kernel_drop`, flows the table evicted as `network.flow_evicted`. Flows with a local
@@ -16,6 +16,7 @@ use picket_capture::{CaptureError, EventTx, SendError, Shutdown, SourceStatus};
 use picket_event::{Event, Timestamp};
 
 use crate::attribute::{AttrStats, Attributor};
+use crate::libpcap::{Capture, Next, Options, Stat};
 use crate::{NetConfig, NetDecoder};
 
 /// Source name in `agent.health` and drop counters.
@@ -67,47 +68,43 @@ pub fn run_blocking(
     status: SourceStatus,
     shutdown: Shutdown,
 ) -> Result<(), CaptureError> {
-    let cap = pcap::Capture::from_device(cfg.interface.as_str())
-        .and_then(|c| {
-            // Not immediate mode: the kernel hands over a ring block when it is full or BLOCK_MS
-            // old, so a busy link costs one wake-up per block rather than one per packet or two.
-            c.snaplen(cfg.snaplen)
-                .buffer_size(cfg.buffer_size)
-                .promisc(false)
-                .immediate_mode(false)
-                .timeout(BLOCK_MS)
-                .open()
-        })
-        // Non-blocking, with our own poll: on Linux a blocking read never times out on a quiet
-        // link (TPACKET_V3 starts its timer at the first packet), and we must see shutdown and
-        // end idle flows.
-        .and_then(pcap::Capture::setnonblock)
-        .map_err(|e| unavailable(format!("opening {}: {e}", cfg.interface)));
-    // Like the other sources: what is missing (privileges, the interface) is said once in the
-    // status and the agent runs on without this source.
-    let mut cap = match cap {
+    let opts = Options {
+        interface: &cfg.interface,
+        snaplen: cfg.snaplen,
+        buffer_size: cfg.buffer_size,
+        promisc: false,
+        // Not immediate mode: the kernel hands over a ring block when it is full or BLOCK_MS
+        // old, so a busy link costs one wake-up per block rather than one per packet or two.
+        immediate: false,
+        timeout_ms: BLOCK_MS,
+    };
+    // Non-blocking (Capture::open), with our own poll: on Linux a blocking read never times out
+    // on a quiet link (TPACKET_V3 starts its timer at the first packet), and we must see shutdown
+    // and end idle flows.
+    // Like the other sources: what is missing (libpcap, privileges, the interface) is said once
+    // in the status and the agent runs on without this source.
+    let mut cap = match Capture::open(&opts) {
         Ok(c) => c,
         Err(e) => {
+            let e = unavailable(format!("opening {}: {e}", cfg.interface));
             status.set(SOURCE, format!("unavailable: {e}"));
             return Ok(());
         }
     };
     if !cfg.filter.is_empty()
-        && let Err(e) = cap.filter(&cfg.filter, true)
+        && let Err(e) = cap.set_filter(&cfg.filter)
     {
         let e = unavailable(format!("filter {:?}: {e}", cfg.filter));
         status.set(SOURCE, format!("unavailable: {e}"));
         return Ok(());
     }
-    let linktype = u32::try_from(cap.get_datalink().0).unwrap_or(u32::MAX);
+    let linktype = u32::try_from(cap.datalink()).unwrap_or(u32::MAX);
     status.set(SOURCE, "running");
     let mut decoder = cfg.decoder;
     if decoder.local_addrs.is_empty() {
         // This host's addresses, so flows get `network.direction` (Sigma's `Initiated`). Read
         // once at start: an address added later counts as remote until the next start.
-        decoder.local_addrs = pcap::Device::list()
-            .map(|devs| devs.iter().flat_map(|d| d.addresses.iter().map(|a| a.addr)).collect())
-            .unwrap_or_default();
+        decoder.local_addrs = crate::libpcap::local_addrs();
     }
     let max_flows = decoder.flows.max_flows;
     let mut dec = NetDecoder::new(decoder);
@@ -131,19 +128,14 @@ pub fn run_blocking(
             break;
         }
         match cap.next_packet() {
-            Ok(pkt) => {
-                // timeval fields are i64 on 64-bit Linux, i32 on some 32-bit targets.
-                #[allow(clippy::useless_conversion)]
-                let ts =
-                    i64::from(pkt.header.ts.tv_sec) * 1_000_000_000 + i64::from(pkt.header.ts.tv_usec) * 1000;
-                dec.frame(ts, linktype, pkt.data, &mut events);
-            }
-            Err(pcap::Error::TimeoutExpired) => {
+            Ok(Next::Packet { ts_nanos, data }) => dec.frame(ts_nanos, linktype, data, &mut events),
+            Ok(Next::Empty) => {
                 // Nothing waiting: sleep in poll until there is, at most 250 ms.
                 // Held flow events are looked at again soon.
                 let nanos =
                     if attr.as_ref().is_some_and(Attributor::is_holding) { 5_000_000 } else { 250_000_000 };
-                let mut fds = [rustix::event::PollFd::new(&cap, rustix::event::PollFlags::IN)];
+                let mut fds =
+                    [rustix::event::PollFd::from_borrowed_fd(cap.fd(), rustix::event::PollFlags::IN)];
                 let timeout = rustix::event::Timespec { tv_sec: 0, tv_nsec: nanos };
                 let _ = rustix::event::poll(&mut fds, Some(&timeout));
             }
@@ -160,7 +152,7 @@ pub fn run_blocking(
         if last_check.elapsed() >= Duration::from_secs(1) {
             last_check = Instant::now();
             dec.tick(Timestamp::now().unix_nanos(), &mut events);
-            if let Ok(s) = cap.stats() {
+            if let Some(s) = cap.stats() {
                 let d = s.dropped.saturating_add(s.if_dropped);
                 if d > kernel_dropped {
                     tx.count_drop("kernel_drop", u64::from(d - kernel_dropped));
@@ -191,7 +183,7 @@ pub fn run_blocking(
             }
         }
     }
-    if let Ok(s) = cap.stats() {
+    if let Some(s) = cap.stats() {
         // The last of the kernel's drops too, so the counter ends equal to libpcap's.
         let d = s.dropped.saturating_add(s.if_dropped);
         if d > kernel_dropped {
@@ -227,7 +219,7 @@ fn deliver(events: &mut Vec<Event>, attr: Option<&mut Attributor>, tx: &EventTx)
 }
 
 /// The status line: libpcap's counters, and attribution's outcomes when it is on.
-pub fn status_line(s: pcap::Stat, attr: Option<AttrStats>) -> String {
+pub fn status_line(s: Stat, attr: Option<AttrStats>) -> String {
     let mut line = format!(
         "running (packets: {} received, {} dropped by the kernel, {} by the interface",
         s.received, s.dropped, s.if_dropped
