@@ -74,6 +74,13 @@ for s in postinst prerm postrm; do sh -n "$root/DEBIAN/$s" || fail "$s: shell sy
 bin="$root/usr/bin/picket"
 "$bin" --version | grep -q '^picket ' || fail "picket --version"
 ok "$("$bin" --version) runs from the unpacked package"
+# Shared libraries it maps at start: libc and libgcc_s only. libpcap is loaded when the network
+# source starts (agent/netcap/src/libpcap.rs); log/pow come from agent/picket/src/mathlib.rs, not libm.
+needed="$(readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | sort | tr '\n' ' ')"
+for lib in $needed; do
+  case "$lib" in libc.so.6 | libgcc_s.so.1 | ld-linux-*) ;; *) fail "the binary links $lib (NEEDED: $needed)" ;; esac
+done
+ok "shared libraries at start: $needed"
 # The package ships picket-collect.service: its binary must have the collector (the edge builds
 # leave it out and say so).
 if "$bin" collect --config "$root/nonexistent.toml" 2>&1 | grep -q "no collector"; then

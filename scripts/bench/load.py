@@ -245,6 +245,8 @@ def main():
     ap.add_argument("--health-secs", type=int, default=5, help="agent.health_interval_secs of the agent under test")
     ap.add_argument("--poll-ms", type=float, default=2.0, help="journal poll interval of the latency watcher")
     ap.add_argument("--no-collector", action="store_true", help="no `picket collect` (no event -> collector figures)")
+    ap.add_argument("--no-uplink", action="store_true",
+                    help="the uplink off, as in the default config: no broker, no collector")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
     ap.add_argument("--with-fail2ban", action="store_true",
                     help="then run scripts/lab/block-latency.sh (fail2ban and picket) and add its figures")
@@ -252,6 +254,8 @@ def main():
     ap.add_argument("--lab-runs", type=int, default=5, help="runs per blocker for --with-fail2ban")
     ap.add_argument("--lab-tools", default="fail2ban,picket", help="blockers for --with-fail2ban: a list, or all")
     a = ap.parse_args()
+    if a.no_uplink:
+        a.no_collector = True
 
     picket = a.picket or os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target")), "release", "picket")
     if not os.access(picket, os.X_OK):
@@ -289,7 +293,7 @@ paths = ["{watch}"]
 enabled = true
 files = ["{auth}"]
 [uplink]
-enabled = true
+enabled = {"false" if a.no_uplink else "true"}
 broker = "mqtt://127.0.0.1:{port}"
 topic_prefix = "picket/v1/load"
 """)
@@ -341,7 +345,7 @@ gap_timeout_secs = 2
         nburst, pending_fifth, nstep = 0, None, 0
         while time.time() - t0 < a.secs:
             tick = time.time()
-            if broker is None and tick - t0 >= a.offline_secs:
+            if broker is None and not a.no_uplink and tick - t0 >= a.offline_secs:
                 backlog_at_link = read_status(data).get("health", {}).get("backlog", 0)
                 broker = subprocess.Popen(["mosquitto", "-c", os.path.join(tmp, "mosquitto.conf")],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -435,7 +439,8 @@ gap_timeout_secs = 2
         seq1, bytes1 = st.get("journal_last_seq", 0), st.get("journal_bytes", 0)
         # Drain: wait for the backlog to empty.
         drain_t0, drain_backlog = time.time(), st.get("backlog", 0)
-        while read_status(data).get("health", {}).get("backlog", 1) > 0 and time.time() - drain_t0 < 60:
+        while not a.no_uplink and read_status(data).get("health", {}).get("backlog", 1) > 0 \
+                and time.time() - drain_t0 < 60:
             time.sleep(0.2)
         drained_in = time.time() - drain_t0
         final_status = read_status(data)
@@ -473,7 +478,7 @@ gap_timeout_secs = 2
     steady = [s[2] for s in samples[len(samples) // 2:]] or [0]
     by_thread = Counter({k: threads1[k] - threads0.get(k, 0) for k in threads1})
     report = {
-        "rate": a.rate, "secs": a.secs, "brute": a.brute, "offline_secs": a.offline_secs, "process_source": process,
+        "rate": a.rate, "secs": a.secs, "brute": a.brute, "uplink_enabled": not a.no_uplink, "offline_secs": a.offline_secs, "process_source": process,
         "binary": picket, "loadavg_before": loadavg0, "loadavg_after": loadavg1,
         "generated": dict(ops), "journaled_during_load": seq1 - seq0, "journaled_per_sec": (seq1 - seq0) / secs,
         "journaled_by_kind": dict(kinds), "drops": final.get("drops") or {},
@@ -486,8 +491,9 @@ gap_timeout_secs = 2
                    "final_backlog": final.get("backlog")},
         "detections": final.get("detections") or {},
     }
-    print(f"picket load: target {a.rate} ev/s for {a.secs} s{' (--brute)' if a.brute else ''}, broker up after "
-          f"{a.offline_secs} s, process source {'on' if process else 'off'}; binary {picket}")
+    link = "uplink off (default config)" if a.no_uplink else f"broker up after {a.offline_secs} s"
+    print(f"picket load: target {a.rate} ev/s for {a.secs} s{' (--brute)' if a.brute else ''}, {link}, "
+          f"process source {'on' if process else 'off'}; binary {picket}")
     print(f"  machine: {os.cpu_count()} CPUs, load average {' '.join(loadavg0)} before, {' '.join(loadavg1)} after")
     print("  generated: " + ", ".join(f"{k} {n}" for k, n in ops.items()))
     print(f"  journaled during the load: {seq1 - seq0} events = {(seq1 - seq0) / secs:.0f} ev/s")
@@ -502,8 +508,11 @@ gap_timeout_secs = 2
     for label, m in ((f"at the highest VmRSS ({peak_map[1]:.0f} s)", peak_map[2]), ("at the end", end_map)):
         print(f"  RSS by mapping {label}: " + ", ".join(f"{k} {v / 1024:.1f}" for k, v in m.most_common()) + " MiB")
     print(f"  journal: +{(bytes1 - bytes0) / 1e6:.1f} MB during the load")
-    print(f"  uplink: backlog {backlog_at_link} events when the broker came up; {drain_backlog} left at the end of the load, "
-          f"drained in {drained_in:.1f} s; final backlog {final.get('backlog')}")
+    if a.no_uplink:
+        print("  uplink: off")
+    else:
+        print(f"  uplink: backlog {backlog_at_link} events when the broker came up; {drain_backlog} left at the end of "
+              f"the load, drained in {drained_in:.1f} s; final backlog {final.get('backlog')}")
     print(f"  detections: {final.get('detections') or 'none'}")
     print(f"  budgets (cap / use at the end): {final_status.get('budgets') or 'not reported'}")
 

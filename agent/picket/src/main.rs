@@ -13,6 +13,8 @@ mod config;
 mod device;
 mod health;
 mod liveview;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod mathlib;
 mod policy;
 mod runtime;
 mod sigma;

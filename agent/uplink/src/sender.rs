@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use picket_journal::{Journal, JournalError, JournalOptions, OutboxBatch, SealLimits, Sealed};
 use picket_wire::{BatchInput, FLAG_PRIORITY, Identity, PublicKey};
-use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, Incoming, LastWill, Outgoing, QoS};
+use rumqttc::{
+    AsyncClient, ClientError, ConnectReturnCode, Event, EventLoop, Incoming, LastWill, Outgoing, QoS, Request,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
@@ -85,7 +87,7 @@ impl SenderConfig {
             journal_options,
             identity,
             ack: AckMode::Broker,
-            limits: SealLimits { max_events: 1024, max_bytes: 256 * 1024 },
+            limits: SealLimits { max_events: 1024, max_bytes: 64 * 1024 },
             window: 8,
             max_bytes_per_sec: 0,
             backoff_min: Duration::from_millis(500),
@@ -416,21 +418,34 @@ async fn session(
                     }
                 }
             }
-            let Some(b) = queue.front() else { break };
-            if !bucket.take(b.wire.len()) {
+            if !queue.front().is_some_and(|b| bucket.take(b.wire.len())) {
                 break;
             }
-            match client.try_publish(batch_topic.as_str(), QoS::AtLeastOnce, false, b.wire.clone()) {
+            let Some(mut b) = queue.pop_front() else { break };
+            // The bytes move into rumqttc, which holds them until the PUBACK: no second copy of
+            // the batch (the journal's outbox has it for a re-publish).
+            let wire = std::mem::take(&mut b.wire);
+            let len = u64::try_from(wire.len()).unwrap_or(u64::MAX);
+            match client.try_publish(batch_topic.as_str(), QoS::AtLeastOnce, false, wire) {
                 Ok(()) => {
-                    let len = u64::try_from(b.wire.len()).unwrap_or(u64::MAX);
                     inflight.requested(Some((b.batch_seq, b.hash)));
-                    queue.pop_front();
                     if let Ok(mut s) = status.lock() {
                         s.batches_published += 1;
                         s.bytes_published += len;
                     }
                 }
-                Err(_) => break, // request channel full: rumqttc is busy writing; next turn
+                Err(e) => {
+                    // Request channel full: rumqttc is busy writing. The batch goes back to the
+                    // front, with its bytes, for the next turn.
+                    let (ClientError::Request(Request::Publish(p))
+                    | ClientError::TryRequest(Request::Publish(p))) = e
+                    else {
+                        return Err("uplink: rumqttc returned another request than the batch".into());
+                    };
+                    b.wire = Vec::from(p.payload);
+                    queue.push_front(b);
+                    break;
+                }
             }
         }
 
