@@ -45,7 +45,7 @@ fn rt() -> Runtime {
 }
 
 struct Src {
-    rx: mpsc::Receiver<Event>,
+    rx: mpsc::Receiver<Box<Event>>,
     trigger: ShutdownTrigger,
     task: tokio::task::JoinHandle<Result<(), picket_capture::CaptureError>>,
     drops: Drops,

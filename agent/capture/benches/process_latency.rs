@@ -60,7 +60,7 @@ struct Spawned {
 }
 
 async fn run(rate: u32, n: usize) {
-    let (tx, mut rx) = mpsc::channel::<Event>(64 * 1024);
+    let (tx, mut rx) = mpsc::channel::<Box<Event>>(64 * 1024);
     let drops = Drops::default();
     let status = SourceStatus::default();
     let (trigger, shutdown) = shutdown_pair();

@@ -155,7 +155,7 @@ impl SourceStatus {
 #[derive(Clone, Debug)]
 pub struct EventTx {
     stage: &'static str,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Box<Event>>,
     drops: Drops,
 }
 
@@ -173,7 +173,7 @@ pub enum SendError {
 
 impl EventTx {
     /// `stage` names the sender in drop counters (`file.queue_full`).
-    pub fn new(stage: &'static str, tx: mpsc::Sender<Event>, drops: Drops) -> EventTx {
+    pub fn new(stage: &'static str, tx: mpsc::Sender<Box<Event>>, drops: Drops) -> EventTx {
         EventTx { stage, tx, drops }
     }
 
@@ -194,7 +194,8 @@ impl EventTx {
                 return Err(SendError::Shed);
             }
         }
-        match self.tx.try_send(ev) {
+        // Boxed: the queue's slots are a pointer, not a 2 KB event (tokio keeps blocks of them).
+        match self.tx.try_send(Box::new(ev)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.drops.add(self.stage, "queue_full", 1);
@@ -267,7 +268,7 @@ mod tests {
     #[test]
     fn a_flooded_queue_sheds_routine_events_first_and_never_auth_and_counts_everything() {
         const CAP: usize = 64;
-        let (tx, mut rx) = mpsc::channel::<Event>(CAP);
+        let (tx, mut rx) = mpsc::channel::<Box<Event>>(CAP);
         let drops = Drops::default();
         let process = EventTx::new("process", tx.clone(), drops.clone());
         let file = EventTx::new("file", tx.clone(), drops.clone());

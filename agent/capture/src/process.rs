@@ -1032,7 +1032,7 @@ fn deliver(
         // Behind events still waiting for a hash, this one waits too: the order is kept.
         let needs_hash = to_hash.is_some();
         if needs_hash || h.busy() {
-            match h.submit(hash::Job { event: ev, hash: to_hash }) {
+            match h.submit(hash::Job { event: Box::new(ev), hash: to_hash }) {
                 None => return true,
                 Some(back) => {
                     *unhashed += u64::from(needs_hash);

@@ -84,7 +84,7 @@ fn append(remote: &Path, dir: &Path, file: &str, entries: &[Entry<'_>]) {
 }
 
 struct Running {
-    rx: mpsc::Receiver<Event>,
+    rx: mpsc::Receiver<Box<Event>>,
     status: SourceStatus,
     trigger: ShutdownTrigger,
     task: JoinHandle<Result<(), CaptureError>>,
@@ -114,12 +114,12 @@ impl Running {
         while got.len() < n {
             let left = deadline.saturating_duration_since(Instant::now());
             match timeout(left, self.rx.recv()).await {
-                Ok(Some(ev)) => got.push(ev),
+                Ok(Some(ev)) => got.push(*ev),
                 _ => break,
             }
         }
         while let Ok(Some(ev)) = timeout(QUIET, self.rx.recv()).await {
-            got.push(ev);
+            got.push(*ev);
         }
         got
     }

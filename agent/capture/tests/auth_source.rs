@@ -21,7 +21,7 @@ const WAIT: Duration = Duration::from_secs(5);
 const QUIET: Duration = Duration::from_millis(800);
 
 struct Running {
-    rx: mpsc::Receiver<Event>,
+    rx: mpsc::Receiver<Box<Event>>,
     drops: Drops,
     status: SourceStatus,
     trigger: ShutdownTrigger,

@@ -23,7 +23,7 @@ const WAIT: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(500);
 
 struct Running {
-    rx: mpsc::Receiver<Event>,
+    rx: mpsc::Receiver<Box<Event>>,
     drops: Drops,
     status: SourceStatus,
     trigger: ShutdownTrigger,
@@ -57,7 +57,7 @@ impl Running {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match timeout(left, self.rx.recv()).await {
-                Ok(Some(ev)) if pred(&ev) => return ev,
+                Ok(Some(ev)) if pred(&ev) => return *ev,
                 Ok(Some(_)) => {}
                 Ok(None) => panic!("queue closed while waiting for {what}"),
                 Err(_) => panic!("no {what} within {WAIT:?}"),
@@ -68,7 +68,7 @@ impl Running {
     async fn until_quiet(&mut self) -> Vec<Event> {
         let mut evs = Vec::new();
         while let Ok(Some(ev)) = timeout(QUIET, self.rx.recv()).await {
-            evs.push(ev);
+            evs.push(*ev);
         }
         evs
     }

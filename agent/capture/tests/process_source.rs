@@ -46,7 +46,7 @@ fn token() -> String {
 }
 
 struct Running {
-    rx: mpsc::Receiver<Event>,
+    rx: mpsc::Receiver<Box<Event>>,
     drops: Drops,
     status: SourceStatus,
     trigger: ShutdownTrigger,
@@ -87,7 +87,7 @@ impl Running {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match timeout(left, self.rx.recv()).await {
-                Ok(Some(ev)) if pred(&ev) => return ev,
+                Ok(Some(ev)) if pred(&ev) => return *ev,
                 Ok(Some(_)) => {}
                 Ok(None) => panic!("queue closed while waiting for {what}"),
                 Err(_) => panic!("no {what} within {WAIT:?}; status {:?}", status_of(&self.status)),

@@ -37,7 +37,7 @@ pub async fn run(
     counters: Arc<JournalCounters>,
     drops: Drops,
     sources: SourceStatus,
-    source_depth: mpsc::WeakSender<Event>,
+    source_depth: mpsc::WeakSender<Box<Event>>,
     mut shutdown: Shutdown,
 ) {
     let mut tick = tokio::time::interval(status_interval);
@@ -94,7 +94,7 @@ fn status_line(
     counters: &JournalCounters,
     drops: &Drops,
     sources: &SourceStatus,
-    source_depth: &mpsc::WeakSender<Event>,
+    source_depth: &mpsc::WeakSender<Box<Event>>,
     queue_cap: usize,
 ) -> String {
     let skipped = SKIPPED.swap(0, Ordering::Relaxed);

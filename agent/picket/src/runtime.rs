@@ -261,7 +261,7 @@ async fn agent(
     // wait: past half of it routine events are shed, when full anything is dropped, and all of it
     // is counted (picket_capture::ShedClass). An `Event` is ~1.8 KB in a slot, so the default
     // 1,024 holds ~1 s of 1,000 events/s in under 2 MB.
-    let (source_tx, source_rx) = mpsc::channel::<Event>(settings.agent.queue_events);
+    let (source_tx, source_rx) = mpsc::channel::<Box<Event>>(settings.agent.queue_events);
     let (journal_tx, journal_rx) = mpsc::channel::<JournalCmd>(JOURNAL_QUEUE);
     let (live_tx, live_rx) = mpsc::channel::<Box<Event>>(LIVE_QUEUE);
     counters.appended.send_replace(journal.last_seq());
@@ -525,7 +525,7 @@ pub fn read_collector_key(path: &Path) -> anyhow::Result<picket_wire::PublicKey>
 
 fn spawn_sources(
     settings: &Settings,
-    tx: &mpsc::Sender<Event>,
+    tx: &mpsc::Sender<Box<Event>>,
     drops: &Drops,
     status: &SourceStatus,
     shutdown: &Shutdown,
@@ -585,7 +585,7 @@ fn spawn_sources(
 #[cfg(feature = "pcap")]
 fn spawn_network(
     settings: &Settings,
-    tx: &mpsc::Sender<Event>,
+    tx: &mpsc::Sender<Box<Event>>,
     drops: &Drops,
     status: &SourceStatus,
     shutdown: &Shutdown,
@@ -613,7 +613,7 @@ fn spawn_network(
 
 /// Built without libpcap (`--no-default-features`): say so plainly, once, and go on.
 #[cfg(not(feature = "pcap"))]
-fn spawn_network(_: &Settings, _: &mpsc::Sender<Event>, _: &Drops, status: &SourceStatus, _: &Shutdown) {
+fn spawn_network(_: &Settings, _: &mpsc::Sender<Box<Event>>, _: &Drops, status: &SourceStatus, _: &Shutdown) {
     status.set("network", "unavailable: this build has no live capture (built without the pcap feature)");
 }
 
@@ -699,7 +699,7 @@ const STATE_SAVE_INTERVAL: Duration = Duration::from_secs(10);
 /// slower actions on the containment worker, which journals their outcome). Then each Sigma alert
 /// the event raised, which picket's policies evaluate in turn (`on: alert`), with their alerts and
 /// actions. Policy alerts are not evaluated again.
-async fn pipeline(mut rx: mpsc::Receiver<Event>, journal: JournalTx, mut p: Pipeline) {
+async fn pipeline(mut rx: mpsc::Receiver<Box<Event>>, journal: JournalTx, mut p: Pipeline) {
     let mut decisions = Vec::new();
     let mut sigma_alerts = Vec::new();
     let mut save = tokio::time::interval(STATE_SAVE_INTERVAL);
@@ -716,7 +716,7 @@ async fn pipeline(mut rx: mpsc::Receiver<Event>, journal: JournalTx, mut p: Pipe
                     break 'events;
                 }
                 for alert in sigma_alerts.drain(..) {
-                    if decide(&mut p, &journal, alert, true, &mut decisions).await.is_err() {
+                    if decide(&mut p, &journal, Box::new(alert), true, &mut decisions).await.is_err() {
                         break 'events;
                     }
                 }
@@ -761,7 +761,7 @@ async fn pipeline(mut rx: mpsc::Receiver<Event>, journal: JournalTx, mut p: Pipe
 async fn decide(
     p: &mut Pipeline,
     journal: &JournalTx,
-    ev: Event,
+    ev: Box<Event>,
     is_alert: bool,
     decisions: &mut Vec<Decision>,
 ) -> Result<(), ()> {
@@ -783,7 +783,7 @@ async fn decide(
         alerts.push((alert_for(&d, &ev, mode, &prepared), prepared));
     }
     let send = |cmd| journal.send(cmd);
-    send(JournalCmd::Trigger { ev: Box::new(ev), alert: is_alert }).await?;
+    send(JournalCmd::Trigger { ev, alert: is_alert }).await?;
     for (alert, prepared) in alerts {
         send(JournalCmd::Alert(Box::new(alert))).await?;
         for step in prepared {
@@ -1096,7 +1096,7 @@ struct HealthCtx {
     journal_tx: JournalTx,
     drops: Drops,
     sources: SourceStatus,
-    source_depth: mpsc::WeakSender<Event>,
+    source_depth: mpsc::WeakSender<Box<Event>>,
     uplink: Option<SharedStatus>,
     detections: Detections,
     shutdown: Shutdown,
@@ -1214,7 +1214,7 @@ fn budgets(ctx: &HealthCtx) -> std::collections::BTreeMap<String, u64> {
 
 /// Events waiting in a queue, seen through a weak sender (so holding it does not keep the queue
 /// open at shutdown).
-pub fn queue_depth(tx: &mpsc::WeakSender<Event>) -> u64 {
+pub fn queue_depth(tx: &mpsc::WeakSender<Box<Event>>) -> u64 {
     tx.upgrade().map_or(0, |tx| u64::try_from(tx.max_capacity() - tx.capacity()).unwrap_or(0))
 }
 

@@ -174,7 +174,8 @@ pub fn fileless_reason(resolved: Option<&str>, executable: Option<&str>) -> Opti
 /// an event queued behind one, only to keep the order.
 #[derive(Debug)]
 pub struct Job {
-    pub event: Event,
+    /// Boxed: the queue's [`QUEUE`] slots are allocated up front, 64 × 2 KB inline.
+    pub event: Box<Event>,
     pub hash: Option<(FileKey, File)>,
 }
 
@@ -231,7 +232,7 @@ impl Hasher {
             Ok(()) => None,
             Err(TrySendError::Full(j) | TrySendError::Disconnected(j)) => {
                 self.pending.fetch_sub(1, Ordering::AcqRel);
-                Some(j.event)
+                Some(*j.event)
             }
         }
     }
@@ -259,7 +260,7 @@ fn run(
     while let Ok(mut job) = rx.recv() {
         let Some((key, mut file)) = job.hash.take() else {
             // Queued only to keep the order.
-            let sent = out.send(job.event);
+            let sent = out.send(*job.event);
             pending.fetch_sub(1, Ordering::AcqRel);
             if sent == Err(crate::SendError::Closed) {
                 return;
@@ -298,7 +299,7 @@ fn run(
         if let Some(h) = hash {
             set_hash(&mut job.event, &h);
         }
-        let sent = out.send(job.event);
+        let sent = out.send(*job.event);
         pending.fetch_sub(1, Ordering::AcqRel);
         if sent == Err(crate::SendError::Closed) {
             return;
@@ -342,7 +343,7 @@ mod tests {
     fn job(file: File, key: FileKey) -> Job {
         let ev =
             Event::new(picket_event::EventKind::ProcessStart, picket_event::Timestamp::from_unix_nanos(0));
-        Job { event: ev, hash: Some((key, file)) }
+        Job { event: Box::new(ev), hash: Some((key, file)) }
     }
 
     #[test]
