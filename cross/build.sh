@@ -111,7 +111,7 @@ for t in "${targets[@]}"; do
     [ "$PROFILE" = release ] || relr=" -C link-arg=-Wl,-z,pack-relative-relocs"
     case "$t" in
       *-musl*) rf="$rf -C link-arg=--icf=all -C link-arg=$repo/cross/no-eh-frame.ld" ;;
-      x86_64-*) rf="$rf -C link-arg=-Wl,-T,$repo/cross/no-eh-frame.ld$relr" ;;
+      x86_64-*) rf="$rf -C link-arg=-Wl,--icf=all -C link-arg=-Wl,-T,$repo/cross/no-eh-frame.ld$relr" ;;
       *) rf="$rf -C link-arg=-Wl,-T,$repo/cross/no-eh-frame.ld" ;;
     esac
     envs+=("CFLAGS_$l=-fno-asynchronous-unwind-tables -fno-unwind-tables")
