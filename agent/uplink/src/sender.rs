@@ -279,7 +279,7 @@ async fn connection(
     opts.set_keep_alive(cfg.keep_alive)
         .set_clean_session(true)
         .set_inflight(u16::try_from(cfg.window.clamp(1, 64) * 2 + 4).unwrap_or(20))
-        .set_max_packet_size(cfg.limits.max_bytes + 64 * 1024, cfg.limits.max_bytes + 64 * 1024)
+        .set_max_packet_size(cfg.limits.max_bytes + 64 * 1024, max_packet(cfg.limits.max_bytes))
         .set_last_will(LastWill::new(&status_topic, status_payload("offline"), QoS::AtLeastOnce, true));
     let (client, eventloop) = AsyncClient::new(opts, cfg.window * 2 + 16);
     let (events_tx, mut events) = mpsc::channel(256);
@@ -509,6 +509,19 @@ async fn session(
             () = stop.as_mut() => return Ok(End::Stop),
         }
     }
+}
+
+/// The largest event JSON a batch may have to carry alone: a batch holds at least one event,
+/// however large (a `process.start` with a 64 KiB command line and the same argv is ~130 KiB, and
+/// JSON escaping of control bytes can make it several times that). The collector takes messages
+/// up to 4 MiB by default (`collect.max_message_bytes`).
+pub const LARGEST_EVENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// The largest MQTT packet the sender lets rumqttc write: a full batch or one event alone, plus
+/// the envelope and MQTT framing. Sized to the batch alone, an event larger than the batch could
+/// never be sent, and the uplink would retry it forever.
+fn max_packet(batch_max_bytes: usize) -> usize {
+    batch_max_bytes.max(LARGEST_EVENT_BYTES) + 64 * 1024
 }
 
 fn connect_error(cfg: &SenderConfig, e: &rumqttc::ConnectionError) -> String {
