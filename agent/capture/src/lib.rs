@@ -24,9 +24,18 @@
 //! [`ShedClass::Never`] (auth events, `process.setid`; alerts, actions, health and gap records,
 //! which no source sends today) is never shed: the last quarter of the queue is kept for it, so only a queue that
 //! is completely full can drop it, and that is counted too.
+//!
+//! # Wake-ups
+//!
+//! Under load the pipeline lets routine events gather for a few milliseconds instead of waking
+//! for each one (a wake-up across threads costs more than handling the event). It is woken at
+//! once through the [`Nudge`] an [`EventTx`] carries ([`EventTx::with_nudge`]) for what must not
+//! wait: every event never shed (an auth failure may complete a brute-force count: the auth line
+//! to block bar is 2 ms), and a queue a quarter full ([`NUDGE_AT_PERCENT`], below the shedding
+//! marks).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use picket_event::{Event, EventKind};
@@ -151,12 +160,68 @@ impl SourceStatus {
     }
 }
 
+/// Queue fill (percent of its capacity) from which every event nudges the pipeline.
+pub const NUDGE_AT_PERCENT: usize = 25;
+
+/// Wakes the pipeline while it lets routine events gather (see "Wake-ups" above). A nudge costs
+/// two atomic operations unless the pipeline is lingering; then it wakes it.
+#[derive(Clone, Debug, Default)]
+pub struct Nudge(Arc<NudgeInner>);
+
+#[derive(Debug, Default)]
+struct NudgeInner {
+    notify: tokio::sync::Notify,
+    /// The pipeline lingers: nudges wake it.
+    lingering: AtomicBool,
+    /// A nudge came since the pipeline last looked at its queue.
+    pending: AtomicBool,
+}
+
+impl Nudge {
+    pub fn nudge(&self) {
+        // SeqCst on both sides (with `linger`): either the pipeline sees `pending` before it
+        // lingers, or this sees `lingering` and wakes it.
+        self.0.pending.store(true, Ordering::SeqCst);
+        if self.0.lingering.load(Ordering::SeqCst) {
+            self.0.notify.notify_one();
+        }
+    }
+
+    /// The pipeline is about to look at its queue: nudges so far are answered by that look.
+    pub fn looking(&self) {
+        self.0.pending.store(false, Ordering::SeqCst);
+    }
+
+    /// The pipeline wants to linger: false if a nudge came since it last looked (look again
+    /// instead). After true, [`Nudge::nudged`] resolves at the next nudge; call
+    /// [`Nudge::done_lingering`] when the linger ends.
+    pub fn linger(&self) -> bool {
+        self.0.lingering.store(true, Ordering::SeqCst);
+        if self.0.pending.load(Ordering::SeqCst) {
+            self.0.lingering.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    pub fn done_lingering(&self) {
+        self.0.lingering.store(false, Ordering::SeqCst);
+    }
+
+    /// Resolves at the next nudge while lingering (or at once, rarely, for a nudge that came
+    /// as the last linger ended).
+    pub async fn nudged(&self) {
+        self.0.notify.notified().await;
+    }
+}
+
 /// The sending end of the bounded queue from a source into the pipeline.
 #[derive(Clone, Debug)]
 pub struct EventTx {
     stage: &'static str,
     tx: mpsc::Sender<Box<Event>>,
     drops: Drops,
+    nudge: Option<Nudge>,
 }
 
 /// Why [`EventTx::send`] did not deliver.
@@ -174,7 +239,13 @@ pub enum SendError {
 impl EventTx {
     /// `stage` names the sender in drop counters (`file.queue_full`).
     pub fn new(stage: &'static str, tx: mpsc::Sender<Box<Event>>, drops: Drops) -> EventTx {
-        EventTx { stage, tx, drops }
+        EventTx { stage, tx, drops, nudge: None }
+    }
+
+    /// Nudge the pipeline for events that must not wait (see "Wake-ups" above).
+    pub fn with_nudge(mut self, nudge: Nudge) -> EventTx {
+        self.nudge = Some(nudge);
+        self
     }
 
     /// Send without waiting. Past the shedding marks, events of the classes shed at that fill
@@ -182,9 +253,9 @@ impl EventTx {
     /// and counts it as `<stage>.queue_full`.
     pub fn send(&self, ev: Event) -> Result<(), SendError> {
         let class = ShedClass::of(ev.kind);
+        let cap = self.tx.max_capacity();
+        let fill = cap - self.tx.capacity();
         if class != ShedClass::Never {
-            let cap = self.tx.max_capacity();
-            let fill = cap - self.tx.capacity();
             let mark = if class == ShedClass::First { SHED_FIRST_AT_PERCENT } else { SHED_LATER_AT_PERCENT };
             if fill * 100 >= cap * mark {
                 if self.tx.is_closed() {
@@ -196,7 +267,14 @@ impl EventTx {
         }
         // Boxed: the queue's slots are a pointer, not a 2 KB event (tokio keeps blocks of them).
         match self.tx.try_send(Box::new(ev)) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if let Some(n) = &self.nudge
+                    && (class == ShedClass::Never || (fill + 1) * 100 >= cap * NUDGE_AT_PERCENT)
+                {
+                    n.nudge();
+                }
+                Ok(())
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.drops.add(self.stage, "queue_full", 1);
                 Err(SendError::Full)
@@ -261,6 +339,54 @@ mod tests {
 
     fn ev(kind: EventKind) -> Event {
         Event::new(kind, Timestamp::from_unix_nanos(1_700_000_000_000_000_000))
+    }
+
+    /// A lingering pipeline is woken by events never shed and by a queue a quarter full, not by
+    /// routine events; a nudge that comes before it lingers makes it look again instead.
+    #[tokio::test(flavor = "current_thread")]
+    async fn nudges_wake_a_lingering_pipeline_for_what_must_not_wait() {
+        use std::time::Duration;
+        const CAP: usize = 64;
+        let (tx, mut rx) = mpsc::channel::<Box<Event>>(CAP);
+        let nudge = Nudge::default();
+        let out = EventTx::new("t", tx, Drops::default()).with_nudge(nudge.clone());
+        let woken = |n: &Nudge| {
+            let n = n.clone();
+            async move { tokio::time::timeout(Duration::from_millis(5), n.nudged()).await.is_ok() }
+        };
+
+        nudge.looking();
+        assert!(nudge.linger());
+        out.send(ev(EventKind::FileModify)).unwrap();
+        assert!(!woken(&nudge).await, "a routine event does not wake it");
+        out.send(ev(EventKind::AuthFailure)).unwrap();
+        assert!(woken(&nudge).await, "an auth event does");
+        nudge.done_lingering();
+
+        // Nudged between its look and its linger: it does not linger.
+        nudge.looking();
+        out.send(ev(EventKind::ProcessSetid)).unwrap();
+        assert!(!nudge.linger());
+
+        // Routine events up to a quarter of the queue: the one that reaches it wakes.
+        nudge.looking();
+        assert!(nudge.linger());
+        // Three events are queued already; this fills it to one short of the mark.
+        for _ in 3..CAP * NUDGE_AT_PERCENT / 100 - 1 {
+            out.send(ev(EventKind::ProcessExit)).unwrap();
+        }
+        assert!(!woken(&nudge).await);
+        out.send(ev(EventKind::ProcessExit)).unwrap();
+        assert!(woken(&nudge).await);
+        nudge.done_lingering();
+
+        // Not lingering: a nudge stores nothing that would cut the next linger short.
+        while rx.try_recv().is_ok() {}
+        out.send(ev(EventKind::AuthSuccess)).unwrap();
+        nudge.looking();
+        out.send(ev(EventKind::FileCreate)).unwrap();
+        assert!(nudge.linger());
+        assert!(!woken(&nudge).await);
     }
 
     /// Sources flood a queue nobody reads: routine kinds are shed at their marks, auth events are

@@ -160,8 +160,11 @@ pub trait Procfs {
         for part in Part::ALL {
             self.read_part(pid, part, &mut s);
         }
+        self.done();
         s
     }
+    /// The reads of a batch are over: let go of what was held for them ([`ProcReader::forget`]).
+    fn done(&mut self) {}
     /// The name of user `uid`.
     fn user_name(&mut self, uid: u32) -> Option<String>;
 }
@@ -169,6 +172,10 @@ pub trait Procfs {
 impl Procfs for ProcReader {
     fn read_part(&mut self, pid: u32, part: Part, snap: &mut Snapshot) {
         ProcReader::read_part(self, pid, part, snap);
+    }
+
+    fn done(&mut self) {
+        self.forget();
     }
 
     fn user_name(&mut self, uid: u32) -> Option<String> {
@@ -346,6 +353,7 @@ impl Tracker {
                 }
             }
         }
+        fs.done();
         for (i, m) in batch.iter().enumerate() {
             counts.lost += self.seq.observe(m.cpu, m.seq);
             let ts = wall_time(m.timestamp_ns, wall_offset_ns);
@@ -555,6 +563,7 @@ impl Tracker {
         let mut snap = Snapshot::default();
         fs.read_part(tgid, Part::Files, &mut snap);
         fs.read_part(tgid, Part::Task, &mut snap);
+        fs.done();
         let new = old.or(snap.ids).map(|mut ids| {
             match change {
                 IdChange::User { real, effective } => (ids.uid, ids.euid) = (real, effective),

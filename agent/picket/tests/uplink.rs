@@ -216,10 +216,13 @@ impl Lab {
         collector
     }
 
-    /// The seqs in the collector's output, in output order.
+    /// The seqs in the collector's output, in output order (complete lines: the collector may
+    /// be writing the last one).
     fn collected(&self) -> Vec<u64> {
         let text = std::fs::read_to_string(self.p("collect/events.ndjson")).unwrap_or_default();
-        text.lines()
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
+            .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"].as_u64().unwrap())
             .collect()
     }

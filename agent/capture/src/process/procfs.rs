@@ -33,8 +33,11 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::FileExt;
+
+use rustix::fs::{AtFlags, Mode, OFlags};
 use std::time::{Duration, Instant, SystemTime};
 
 /// argv beyond this many bytes is cut (the last argument shortened): an attacker controls argv
@@ -322,17 +325,49 @@ pub const CAP_NET_ADMIN: u32 = 12;
 
 /// Reads /proc with reused buffers (no allocation per file but the strings it returns), and
 /// keeps the uid → user name table.
+///
+/// Each process's files are opened relative to its `/proc/PID` directory, opened once for the
+/// reads of one batch ([`ProcReader::forget`] closes them): the path walk to it is done once, not
+/// once per file, a process gone before the first read costs one failed open instead of nine,
+/// and a pid reused mid-batch by another process reads as gone rather than as the wrong one.
 #[derive(Debug)]
 pub struct ProcReader {
     buf: Vec<u8>,
+    /// Bytes of `buf` the last read filled.
+    len: usize,
     path: String,
     users: Users,
+    /// `/proc/PID` directories open for this batch; `None`: the process was gone.
+    dirs: Vec<(u32, Option<OwnedFd>)>,
 }
+
+/// At most this many `/proc/PID` directories are kept open (a batch with more execs reads the
+/// rest by path).
+const MAX_OPEN_DIRS: usize = 64;
 
 impl Default for ProcReader {
     fn default() -> Self {
-        ProcReader { buf: Vec::with_capacity(8192), path: String::with_capacity(64), users: Users::default() }
+        ProcReader {
+            buf: Vec::new(),
+            len: 0,
+            path: String::with_capacity(64),
+            users: Users::default(),
+            dirs: Vec::new(),
+        }
     }
+}
+
+/// Where a process's files are read from.
+enum Dir<'a> {
+    Open(BorrowedFd<'a>),
+    /// `/proc/PID` is gone: every read fails.
+    Gone,
+    /// Too many open: by path.
+    Path,
+}
+
+fn gone() -> io::Error {
+    io::Error::from(io::ErrorKind::NotFound)
 }
 
 impl ProcReader {
@@ -342,31 +377,108 @@ impl ProcReader {
         let _ = write!(self.path, "/proc/{pid}/{file}");
     }
 
-    /// Read `/proc/PID/FILE` into the buffer, at most `max` bytes; returns whether it was cut.
-    fn read(&mut self, pid: u32, file: &str, max: usize) -> io::Result<bool> {
-        self.set_path(pid, file);
-        self.buf.clear();
-        let f = File::open(&self.path)?;
-        let n = f.take(u64::try_from(max).unwrap_or(u64::MAX) + 1).read_to_end(&mut self.buf)?;
-        if n > max {
-            self.buf.truncate(max);
-            return Ok(true);
+    /// `/proc/PID`, opened on first use in this batch.
+    fn dir(&mut self, pid: u32) -> Dir<'_> {
+        let i = match self.dirs.iter().position(|(p, _)| *p == pid) {
+            Some(i) => i,
+            None if self.dirs.len() >= MAX_OPEN_DIRS => return Dir::Path,
+            None => {
+                self.set_path(pid, "");
+                let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+                let fd = rustix::fs::open(self.path.as_str(), flags, Mode::empty()).ok();
+                self.dirs.push((pid, fd));
+                self.dirs.len() - 1
+            }
+        };
+        match &self.dirs[i].1 {
+            Some(fd) => Dir::Open(fd.as_fd()),
+            None => Dir::Gone,
         }
-        Ok(false)
+    }
+
+    /// Close the directories opened for this batch: a later batch must not read a reused pid
+    /// through the directory of the process that had it before.
+    pub fn forget(&mut self) {
+        self.dirs.clear();
+    }
+
+    fn open(&mut self, pid: u32, file: &str) -> io::Result<File> {
+        match self.dir(pid) {
+            Dir::Open(d) => {
+                Ok(File::from(rustix::fs::openat(d, file, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?))
+            }
+            Dir::Gone => Err(gone()),
+            Dir::Path => {
+                self.set_path(pid, file);
+                File::open(&self.path)
+            }
+        }
+    }
+
+    /// Read `/proc/PID/FILE` into the buffer ([`ProcReader::data`]), at most `max` bytes;
+    /// returns whether it was cut. These files give all they have in one read when there is room,
+    /// so a short read is the end (no second read just to see it).
+    fn read(&mut self, pid: u32, file: &str, max: usize) -> io::Result<bool> {
+        self.len = 0;
+        let mut f = self.open(pid, file)?;
+        // Zeroed once, to the largest size asked for: no memset per read.
+        if self.buf.len() <= max {
+            self.buf.resize(max + 1, 0);
+        }
+        let room = &mut self.buf[..=max];
+        let mut have = 0;
+        loop {
+            let want = room.len() - have;
+            let n = match f.read(&mut room[have..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            have += n;
+            if n < want || have > max {
+                break;
+            }
+        }
+        self.len = have.min(max);
+        Ok(have > max)
+    }
+
+    /// What the last [`ProcReader::read`] got.
+    fn data(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 
     fn readlink(&mut self, pid: u32, file: &str) -> Option<String> {
-        self.set_path(pid, file);
-        let target = std::fs::read_link(&self.path).ok()?;
-        Some(String::from_utf8_lossy(target.as_os_str().as_bytes()).into_owned())
+        let target = match self.dir(pid) {
+            Dir::Open(d) => rustix::fs::readlinkat(d, file, Vec::new()).ok()?.into_bytes(),
+            Dir::Gone => return None,
+            Dir::Path => {
+                self.set_path(pid, file);
+                std::fs::read_link(&self.path).ok()?.into_os_string().into_vec()
+            }
+        };
+        Some(String::from_utf8_lossy(&target).into_owned())
+    }
+
+    /// The version of the file `/proc/PID/exe` points at.
+    fn exe_key(&mut self, pid: u32) -> Option<super::hash::FileKey> {
+        match self.dir(pid) {
+            Dir::Open(d) => rustix::fs::statat(d, "exe", AtFlags::empty())
+                .ok()
+                .map(|st| super::hash::FileKey::from_stat(&st)),
+            Dir::Gone => None,
+            Dir::Path => {
+                self.set_path(pid, "exe");
+                std::fs::metadata(&self.path).ok().map(|m| super::hash::FileKey::from_metadata(&m))
+            }
+        }
     }
 
     /// The exec filename: `AT_EXECFN` from auxv, then the string at that address.
     fn execfn(&mut self, pid: u32) -> Option<String> {
         self.read(pid, "auxv", 4096).ok()?;
-        let addr = parse_auxv_execfn(&self.buf)?;
-        self.set_path(pid, "mem");
-        let mem = File::open(&self.path).ok()?;
+        let addr = parse_auxv_execfn(self.data())?;
+        let mem = self.open(pid, "mem").ok()?;
         let mut name = [0u8; PATH_MAX];
         let mut have = 0;
         // The string sits at the very top of the stack: read up to the page end first, as the
@@ -393,7 +505,7 @@ impl ProcReader {
         match part {
             Part::Program => {
                 if let Ok(cut) = self.read(pid, "cmdline", MAX_CMDLINE) {
-                    s.argv = parse_cmdline(&self.buf);
+                    s.argv = parse_cmdline(self.data());
                     s.argv_truncated = cut && s.argv.is_some();
                 }
                 s.execfn = self.execfn(pid);
@@ -402,20 +514,18 @@ impl ProcReader {
                 s.exe = self.readlink(pid, "exe");
                 s.cwd = self.readlink(pid, "cwd");
                 if s.exe.is_some() {
-                    self.set_path(pid, "exe");
-                    s.exe_key =
-                        std::fs::metadata(&self.path).ok().map(|m| super::hash::FileKey::from_metadata(&m));
+                    s.exe_key = self.exe_key(pid);
                 }
             }
             Part::Task => {
                 if self.read(pid, "stat", 4096).is_ok() {
-                    s.stat = parse_stat(&self.buf);
+                    s.stat = parse_stat(self.data());
                 }
                 if self.read(pid, "status", 16384).is_ok() {
-                    s.ids = parse_status_ids(&self.buf);
+                    s.ids = parse_status_ids(self.data());
                 }
                 if self.read(pid, "cgroup", 8192).is_ok() {
-                    s.cgroup = parse_cgroup(&self.buf);
+                    s.cgroup = parse_cgroup(self.data());
                 }
             }
         }
@@ -423,8 +533,10 @@ impl ProcReader {
 
     /// `/proc/PID/stat` alone (what a polling scan needs of every process).
     pub fn stat(&mut self, pid: u32) -> Option<Stat> {
-        self.read(pid, "stat", 4096).ok()?;
-        parse_stat(&self.buf)
+        let read = self.read(pid, "stat", 4096);
+        self.forget();
+        read.ok()?;
+        parse_stat(self.data())
     }
 
     /// Everything picket reads about `pid`, the fragile parts first.
@@ -433,6 +545,7 @@ impl ProcReader {
         for part in Part::ALL {
             self.read_part(pid, part, &mut s);
         }
+        self.forget();
         s
     }
 
