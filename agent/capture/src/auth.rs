@@ -141,7 +141,8 @@
 //! * The year of a classic timestamp is the file's mtime year; a line whose month is later than
 //!   the mtime's month is from the year before (December lines in a January file).
 //!
-//! **Latency.** inotify on the files' directories wakes the tailer as soon as a logger writes
+//! **Latency.** inotify on the files' directories wakes the tailer (its own thread,
+//! `picket-auth`, which reads the inotify descriptor itself) as soon as a logger writes
 //! to one of the files (a brute-force line reaches the policy engine within a millisecond, which
 //! containment's 2 ms bar needs); the [`POLL`] tick stays as the fallback that survives rotation,
 //! NFS and an inotify that could not be set up.
@@ -196,9 +197,11 @@
 //! `_EXE` (journald could not read the sender's /proc because it had already exited) is still
 //! read. `unix_chkpwd` and `login` have no parser, so they are not read.
 
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-
-use tokio::time::MissedTickBehavior;
+use std::time::{Duration, Instant};
 
 use crate::{CaptureError, EventTx, Shutdown, SourceStatus};
 
@@ -212,33 +215,137 @@ pub use lines::{Line, for_each_line};
 pub use parse::{MAX_MESSAGE, MAX_USER, ParseOutcome, YearHint, parse_line, parse_message};
 pub use tail::MAX_LINE;
 
-/// Wake the tailer (a full channel already holds a wake-up) whenever something happens to a
-/// file with one of our files' names in one of their directories.
-fn watch_dirs(files: &[PathBuf], wake: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let names: Vec<std::ffi::OsString> = files.iter().filter_map(|f| f.file_name().map(Into::into)).collect();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res
-            && ev.paths.iter().any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)))
-        {
-            let _ = wake.try_send(());
+/// inotify on the directories of the auth files, read by the tailer's own thread: it wakes for a
+/// change to a file with one of the files' names, and sleeps through the rest of the directory.
+struct Watch {
+    fd: OwnedFd,
+    names: Vec<Vec<u8>>,
+    buf: Vec<MaybeUninit<u8>>,
+}
+
+impl Watch {
+    /// `None` when inotify cannot be set up (the tick still polls).
+    fn new(files: &[PathBuf]) -> Option<Watch> {
+        use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+        let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).ok()?;
+        let mut dirs: Vec<PathBuf> = files
+            .iter()
+            .map(|f| match f.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        let mask = WatchFlags::MODIFY
+            | WatchFlags::CLOSE_WRITE
+            | WatchFlags::CREATE
+            | WatchFlags::MOVED_TO
+            | WatchFlags::MOVED_FROM
+            | WatchFlags::DELETE
+            | WatchFlags::ATTRIB;
+        for d in dirs {
+            // A missing directory is fine: the tick keeps looking.
+            let _ = inotify::add_watch(&fd, d.as_path(), mask);
         }
-    })
-    .ok()?;
-    let mut dirs: Vec<PathBuf> = files
-        .iter()
-        .map(|f| match f.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        })
-        .collect();
-    dirs.sort();
-    dirs.dedup();
-    for d in dirs {
-        // A missing directory is fine: the tick keeps looking.
-        let _ = watcher.watch(&d, notify::RecursiveMode::NonRecursive);
+        let names = files.iter().filter_map(|f| f.file_name().map(|n| n.as_bytes().to_vec())).collect();
+        Some(Watch { fd, names, buf: vec![MaybeUninit::uninit(); 4096] })
     }
-    Some(watcher)
+
+    /// Wait until one of our files changed, `stop` is signalled, or `timeout` passed.
+    fn wait(&mut self, stop: &OwnedFd, timeout: Duration) {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let ts = Timespec::try_from(left).ok();
+            let mut fds = [PollFd::new(&self.fd, PollFlags::IN), PollFd::new(stop, PollFlags::IN)];
+            match poll(&mut fds, ts.as_ref()) {
+                Ok(0) => return,
+                Ok(_) if !fds[1].revents().is_empty() => return,
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return,
+            }
+            if self.ours() {
+                return;
+            }
+        }
+    }
+
+    /// Read what inotify queued; whether any of it names one of our files (or the queue
+    /// overflowed, when anything may have been missed).
+    fn ours(&mut self) -> bool {
+        use rustix::fs::inotify::{ReadFlags, Reader};
+        let mut hit = false;
+        let mut r = Reader::new(&self.fd, &mut self.buf);
+        while let Ok(ev) = r.next() {
+            hit |= ev.events().contains(ReadFlags::QUEUE_OVERFLOW)
+                || ev.file_name().is_some_and(|n| self.names.iter().any(|m| m.as_slice() == n.to_bytes()));
+        }
+        // (The loop ends at EAGAIN: the descriptor does not block.)
+        hit
+    }
+}
+
+/// Without inotify: sleep until `stop` or `timeout`.
+fn sleep_or_stop(stop: &OwnedFd, timeout: Duration) {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let ts = Timespec::try_from(timeout).ok();
+    let _ = poll(&mut [PollFd::new(stop, PollFlags::IN)], ts.as_ref());
+}
+
+/// The tailer's thread: poll the files every [`POLL`] and whenever inotify says one of them
+/// changed, until `stop` or the pipeline closes; then save the offsets.
+fn tail_files(
+    files: Vec<PathBuf>,
+    state_path: PathBuf,
+    out: EventTx,
+    status: SourceStatus,
+    stop: &OwnedFd,
+) -> Result<(), CaptureError> {
+    let mut watch = Watch::new(&files);
+    let mut tailer = tail::Tailer::new(files, state_path, out.clone());
+    let mut shown = String::new();
+    let mut next = Instant::now();
+    loop {
+        if out.is_closed() {
+            break;
+        }
+        tailer.poll();
+        let line = tailer.status_line();
+        if line != shown {
+            status.set(AuthSource::NAME, line.clone());
+            shown = line;
+        }
+        if tailer.closed {
+            break;
+        }
+        // The tick keeps its period whatever inotify does; a late one is not made up.
+        let now = Instant::now();
+        if next <= now {
+            next = if next + POLL > now { next + POLL } else { now + POLL };
+        }
+        let left = next - now;
+        match &mut watch {
+            Some(w) => w.wait(stop, left),
+            None => sleep_or_stop(stop, left),
+        }
+        if stopped(stop) {
+            break;
+        }
+    }
+    tailer.persist();
+    Ok(())
+}
+
+fn stopped(stop: &OwnedFd) -> bool {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let mut fds = [PollFd::new(stop, PollFlags::IN)];
+    matches!(poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })), Ok(n) if n > 0)
 }
 
 /// How often the files are looked at.
@@ -343,42 +450,28 @@ impl AuthSource {
             status.set(Self::NAME, "idle: no files configured");
             return Ok(());
         }
-        let (wake_tx, mut wake) = tokio::sync::mpsc::channel::<()>(1);
-        // Kept alive for the loop; `None` when inotify is unavailable (the tick still polls).
-        let _watcher = watch_dirs(&self.files, wake_tx);
-        let mut tailer = tail::Tailer::new(self.files, self.state_path, out.clone());
-        let mut tick = tokio::time::interval(POLL);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut shown = String::new();
-        loop {
-            tokio::select! {
-                () = shutdown.wait() => break,
-                _ = tick.tick() => {}
-                Some(()) = wake.recv() => {}
-            }
-            if out.is_closed() {
-                break;
-            }
-            // File reads block: run the poll on the blocking pool and take the tailer back.
-            tailer = tokio::task::spawn_blocking(move || {
-                tailer.poll();
-                tailer
+        // Its own thread: file reads block, and inotify then wakes the thread that reads (no
+        // hop through a watcher thread or the blocking pool: a brute-force line reaches the
+        // pipeline in one wake-up).
+        let stop = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).map_err(|e| {
+            CaptureError::Failed { source_name: Self::NAME, message: format!("eventfd: {e}") }
+        })?;
+        let stop = std::sync::Arc::new(stop);
+        let (done_tx, mut done) = tokio::sync::oneshot::channel();
+        let thread_stop = stop.clone();
+        let (files, state_path) = (self.files, self.state_path);
+        std::thread::Builder::new()
+            .name("picket-auth".into())
+            .spawn(move || {
+                let _ = done_tx.send(tail_files(files, state_path, out, status, &thread_stop));
             })
-            .await
-            .map_err(|e| CaptureError::Failed { source_name: Self::NAME, message: format!("poll: {e}") })?;
-            let line = tailer.status_line();
-            if line != shown {
-                status.set(Self::NAME, line.clone());
-                shown = line;
-            }
-            if tailer.closed {
-                break;
-            }
+            .map_err(|e| CaptureError::Failed { source_name: Self::NAME, message: format!("thread: {e}") })?;
+        tokio::select! {
+            r = &mut done => return r.unwrap_or(Ok(())),
+            () = shutdown.wait() => {}
         }
-        tokio::task::spawn_blocking(move || tailer.persist()).await.map_err(|e| CaptureError::Failed {
-            source_name: Self::NAME,
-            message: format!("saving offsets: {e}"),
-        })
+        let _ = rustix::io::write(&*stop, &1u64.to_ne_bytes());
+        done.await.unwrap_or(Ok(()))
     }
 }
 

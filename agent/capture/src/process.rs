@@ -1130,15 +1130,17 @@ fn reader(
         if let Some(n) = &execs.names {
             st.ebpf = n.counts();
         }
-        let line = status_line(&st, &governor);
         // Counts are shown at most once a second; a change of priority at once.
         let due =
             last_status.is_none_or(|t| t.elapsed() >= STATUS_EVERY) || governor.policy() != shown_policy;
-        if line != shown && due {
+        if due {
+            let line = status_line(&st, &governor);
             shown_policy = governor.policy();
-            status.set(name, line.clone());
-            shown = line;
             last_status = Some(Instant::now());
+            if line != shown {
+                status.set(name, line.clone());
+                shown = line;
+            }
         }
         if closed || stop.load(Ordering::Relaxed) || out.is_closed() {
             break;

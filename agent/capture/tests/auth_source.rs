@@ -139,6 +139,36 @@ async fn the_first_run_starts_at_the_end_and_picks_up_appended_lines() {
     src.stop().await;
 }
 
+/// inotify wakes the tailer on each write: lines arrive in milliseconds, not at the next
+/// `POLL` tick (250 ms, so ~125 ms on average); writes to other files of the directory do not
+/// produce anything.
+#[tokio::test]
+async fn appended_lines_arrive_at_once_through_inotify_not_at_the_next_tick() {
+    let d = dir();
+    append(&d.log, "");
+    let mut src = start(vec![d.log.clone()], &d.state).await;
+    assert_eq!(src.pids_until_quiet().await, Vec::<u32>::new());
+    let other = d.log.with_file_name("syslog");
+    let mut took = Vec::new();
+    for n in 0..10u32 {
+        append(&other, "unrelated\n");
+        // Spread the writes over the tick's phase.
+        sleep(Duration::from_millis(37 + u64::from(n) * 11)).await;
+        let t = Instant::now();
+        append(&d.log, line(100 + n));
+        let ev = timeout(WAIT, src.rx.recv()).await.expect("line never arrived").unwrap();
+        took.push(t.elapsed());
+        assert_eq!(ev.process.and_then(|p| p.pid), Some(100 + n));
+    }
+    took.sort();
+    assert!(
+        took[5] < Duration::from_millis(50),
+        "median {:?} (a tick-driven tailer takes ~125 ms): {took:?}",
+        took[5]
+    );
+    src.stop().await;
+}
+
 #[tokio::test]
 async fn a_first_run_that_joins_mid_line_skips_that_line_fragment() {
     let d = dir();

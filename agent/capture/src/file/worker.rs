@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use std::{fs, mem};
+use std::{fs, mem, thread};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use picket_event::{Event, EventKind, File, FileHash, Timestamp, severity};
@@ -53,6 +53,12 @@ const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495
 
 /// Changes handled per transaction.
 const BATCH: usize = 256;
+
+/// Under load (changes again within this long of the last batch), the worker lets the next ones
+/// gather this long instead of waking for each: a wake-up from notify's thread costs more than
+/// the change's own lstat. A few changes wait (300/s: ~3), far from [`WORK_QUEUE`]; a flood keeps
+/// the queue non-empty and is handled without a pause.
+const WORK_LINGER: Duration = Duration::from_millis(10);
 
 /// How long after a directory appears it is scanned: notify adds the new directory's watch only
 /// after it handled the whole read buffer, and the scan must come after the watch (what is
@@ -195,6 +201,7 @@ impl Worker {
         // Changes are committed to the baseline when the queue goes idle, or at least every
         // COMMIT_EVERY: one commit per trickling event would cost more than the rest of its work.
         let mut uncommitted_since: Option<Instant> = None;
+        let mut last_batch = Instant::now() - WORK_LINGER;
         loop {
             let now = Instant::now();
             let mut wake = now + Duration::from_secs(1);
@@ -209,12 +216,17 @@ impl Worker {
             }
             match self.rx.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(first) => {
-                    self.batch(first);
+                    let drained = self.batch(first);
                     let since = *uncommitted_since.get_or_insert(now);
                     if now.saturating_duration_since(since) >= COMMIT_EVERY {
                         self.commit();
                         uncommitted_since = None;
                     }
+                    if drained && now.saturating_duration_since(last_batch) < WORK_LINGER && !self.stopping()
+                    {
+                        thread::sleep(WORK_LINGER);
+                    }
+                    last_batch = now;
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     self.commit();
@@ -257,14 +269,19 @@ impl Worker {
         count(&self.out, "baseline_error");
     }
 
-    /// One transaction: `first` and whatever else is queued, up to [`BATCH`].
-    fn batch(&mut self, first: Work) {
+    /// One transaction: `first` and whatever else is queued, up to [`BATCH`]. True when that
+    /// emptied the queue.
+    fn batch(&mut self, first: Work) -> bool {
         let mut items = Vec::with_capacity(BATCH);
         items.push(first);
+        let mut drained = false;
         while items.len() < BATCH {
             match self.rx.try_recv() {
                 Ok(w) => items.push(w),
-                Err(_) => break,
+                Err(_) => {
+                    drained = true;
+                    break;
+                }
             }
         }
         if let Err(e) = self.baseline.begin() {
@@ -296,6 +313,7 @@ impl Worker {
                 self.scan(&root, ScanWhy::Rescan);
             }
         }
+        drained
     }
 
     fn due_dir_scans(&mut self) {
