@@ -57,7 +57,9 @@
 //!   shows them) and a `message` saying so; it is counted as `process.vanished`. The event is
 //!   not lost, only thin; and its `executable` and `resolved_executable` come from fanotify
 //!   ([`fanotify`]: the file the kernel opened for the exec, symlinks resolved), when fanotify
-//!   could be set up.
+//!   could be set up. An exec the eBPF tracer recorded in full (filename and argv: [`bpf`]) is
+//!   needs nothing of /proc's `cmdline`, `auxv` and `mem`: they are not read (three opens fewer
+//!   per exec); whether it vanished is then told by `/proc/PID/exe`.
 //! * A full pipeline queue drops events as `process.queue_full`, like every source.
 //! * The status line shows the counts: `running (12 lost to 1 overruns; 3 vanished before /proc
 //!   was read, 3 of them with their path from fanotify)`, fanotify queue overflows, events sent
@@ -195,6 +197,12 @@ pub trait ExecSource {
     fn take_name(&mut self, _pid: u32) -> Option<bpf::ExecName> {
         None
     }
+
+    /// The eBPF tracer holds all of `pid`'s exec that /proc's [`Part::Program`] would give
+    /// ([`bpf::ExecNames::complete`]): that part is not read.
+    fn has_program(&self, _pid: u32) -> bool {
+        false
+    }
 }
 
 /// What the reader has besides /proc: fanotify's files and the eBPF tracer's names.
@@ -212,6 +220,10 @@ impl ExecSource for Execs {
     fn take_name(&mut self, pid: u32) -> Option<bpf::ExecName> {
         self.names.as_mut().and_then(|n| n.take(pid))
     }
+
+    fn has_program(&self, pid: u32) -> bool {
+        self.names.as_ref().is_some_and(|n| n.complete(pid))
+    }
 }
 
 impl ExecSource for () {
@@ -227,6 +239,10 @@ impl<T: ExecSource> ExecSource for Option<T> {
 
     fn take_name(&mut self, pid: u32) -> Option<bpf::ExecName> {
         self.as_mut().and_then(|s| s.take_name(pid))
+    }
+
+    fn has_program(&self, pid: u32) -> bool {
+        self.as_ref().is_some_and(|s| s.has_program(pid))
     }
 }
 
@@ -349,7 +365,11 @@ impl Tracker {
                 if let ConnEvent::Exec { tgid, .. } = m.event
                     && !self.stale[i]
                 {
-                    fs.read_part(tgid, part, self.snaps[i].get_or_insert_default());
+                    let snap = self.snaps[i].get_or_insert_default();
+                    if part == Part::Program && execs.has_program(tgid) {
+                        continue;
+                    }
+                    fs.read_part(tgid, part, snap);
                 }
             }
         }
@@ -409,6 +429,13 @@ impl Tracker {
         // No snapshot: a later exec of the same pid was already queued, so /proc shows that one.
         let stale = snap.is_none();
         let snap = snap.unwrap_or_default();
+        // The kernel's own record of this exec (eBPF): execve's filename and argv as they were at
+        // the exec. Preferred to /proc's, which live in the process's memory and may have been
+        // rewritten since (`[kworker/0:1]`). A record of an earlier process with this pid is
+        // dropped.
+        let name = execs
+            .take_name(pid)
+            .filter(|n| snap.stat.as_ref().is_none_or(|s| s.start_ticks == n.start_ticks));
         let vanished = snap.is_vanished();
         // This exec's record from fanotify: checked against /proc/PID/exe when that was read.
         let file = execs.take(pid, snap.exe.as_deref());
@@ -444,13 +471,6 @@ impl Tracker {
                 });
             }
         }
-        // The kernel's own record of this exec (eBPF): execve's filename and argv as they were at
-        // the exec. Preferred to /proc's, which live in the process's memory and may have been
-        // rewritten since (`[kworker/0:1]`). A record of an earlier process with this pid is
-        // dropped.
-        let name = execs
-            .take_name(pid)
-            .filter(|n| snap.stat.as_ref().is_none_or(|s| s.start_ticks == n.start_ticks));
         let mut argv = snap.argv;
         if let Some(n) = name.as_ref() {
             let executable = procfs::executable(
@@ -1383,6 +1403,67 @@ mod tests {
         // The exit knows the program from the fanotify path.
         assert_eq!(out[4].kind, EventKind::ProcessExit);
         assert_eq!(p(4).executable.as_deref(), Some("/usr/bin/true"));
+    }
+
+    /// The tracer's records per pid, oldest first.
+    #[derive(Default)]
+    struct FakeNames(HashMap<u32, Vec<bpf::ExecName>>);
+
+    impl ExecSource for FakeNames {
+        fn take(&mut self, _: u32, _: Option<&str>) -> Option<ExecFile> {
+            None
+        }
+        fn take_name(&mut self, pid: u32) -> Option<bpf::ExecName> {
+            let q = self.0.get_mut(&pid)?;
+            (!q.is_empty()).then(|| q.remove(0))
+        }
+        fn has_program(&self, pid: u32) -> bool {
+            self.0.get(&pid).is_some_and(|q| q.len() == 1 && q[0].argv.is_some())
+        }
+    }
+
+    /// An exec the eBPF tracer recorded in full is not read from /proc's argv and exec filename
+    /// (they come from the record, also when the process was gone before /proc was read); one
+    /// whose record has no argv is read from /proc as before.
+    #[test]
+    fn an_exec_the_tracer_recorded_in_full_skips_procs_program_reads() {
+        let name = |f: &str, argv: Option<&[&str]>| bpf::ExecName {
+            filename: f.into(),
+            argv: argv.map(|a| a.iter().map(|s| s.to_string()).collect()),
+            start_ticks: 4242,
+        };
+        let mut fs = FakeProc::default();
+        fs.procs.insert(20, snap(&["stale", "argv"], "/bin/stale", "/usr/bin/nc.openbsd", 1));
+        fs.procs.insert(22, snap(&["ls", "-l"], "/bin/ls", "/usr/bin/ls", 1));
+        let mut names = FakeNames::default();
+        names.0.insert(20, vec![name("/usr/bin/nc", Some(&["nc", "-l", "4444"]))]);
+        // 21 is gone from /proc; 22's record has no argv (the tracer cut it).
+        names.0.insert(21, vec![name("/tmp/x", Some(&["/tmp/x", "-q"]))]);
+        names.0.insert(22, vec![name("/bin/ls", None)]);
+        let mut t = Tracker::default();
+        let mut out = Vec::new();
+        let c = t.handle_batch(
+            &[
+                msg(0, 1, ConnEvent::Exec { pid: 20, tgid: 20 }),
+                msg(1, 2, ConnEvent::Exec { pid: 21, tgid: 21 }),
+                msg(2, 3, ConnEvent::Exec { pid: 22, tgid: 22 }),
+            ],
+            &mut fs,
+            &mut names,
+            0,
+            &mut |e, _| out.push(e),
+        );
+        assert_eq!(fs.reads, vec![22], "only the exec without argv from the tracer reads /proc's");
+        // 21 was gone: still counted (no user, cwd or resolved file), with its path from eBPF.
+        assert_eq!((c.vanished, c.vanished_with_path), (1, 1));
+        let p = |i: usize| out[i].process.clone().unwrap();
+        assert_eq!(p(0).executable.as_deref(), Some("/usr/bin/nc"));
+        assert_eq!(p(0).resolved_executable.as_deref(), Some("/usr/bin/nc.openbsd"));
+        assert_eq!(p(0).command_line.as_deref(), Some("nc -l 4444"));
+        assert_eq!(p(1).executable.as_deref(), Some("/tmp/x"));
+        assert_eq!(p(1).name.as_deref(), Some("x"));
+        assert_eq!(p(1).command_line.as_deref(), Some("/tmp/x -q"));
+        assert_eq!(p(2).command_line.as_deref(), Some("ls -l"));
     }
 
     #[test]

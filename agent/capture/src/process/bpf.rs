@@ -90,6 +90,11 @@ impl Waiting {
         }
     }
 
+    /// Exactly one record of `pid` waits, and it has argv.
+    fn complete(&self, pid: u32) -> bool {
+        self.by_pid.get(&pid).is_some_and(|q| q.len() == 1 && q[0].2.argv.is_some())
+    }
+
     fn take(&mut self, pid: u32) -> Option<ExecName> {
         let q = self.by_pid.get_mut(&pid)?;
         let (_, _, name) = q.pop_front()?;
@@ -150,6 +155,12 @@ impl ExecNames {
         }
     }
 
+    /// Whether the record of `pid`'s exec is all /proc's `cmdline`, `auxv` and `mem` would give:
+    /// one record waits for it, with argv (two would leave open which is whose).
+    pub fn complete(&self, pid: u32) -> bool {
+        self.waiting.complete(pid)
+    }
+
     /// The oldest record of `pid` not yet taken.
     pub fn take(&mut self, pid: u32) -> Option<ExecName> {
         self.waiting.take(pid)
@@ -175,7 +186,10 @@ mod tests {
         w.push(7, name("/bin/a"), t);
         w.push(8, name("/bin/x"), t);
         w.push(7, name("/bin/b"), t + Duration::from_millis(1));
+        assert!(!w.complete(7), "two records: which is whose is open");
+        assert!(w.complete(8));
         assert_eq!(w.take(7).unwrap().filename, "/bin/a");
+        assert!(w.complete(7));
         assert_eq!(w.take(7).unwrap().filename, "/bin/b");
         assert_eq!(w.take(7), None);
         assert_eq!(w.take(8).unwrap().filename, "/bin/x");
