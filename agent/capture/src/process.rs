@@ -1185,12 +1185,15 @@ fn reader(
             continue;
         }
         // The records of the batch's execs are queued by now (fanotify's and the tracer's come
-        // before the connector's message).
-        if let Some(p) = &mut execs.paths {
-            p.drain();
-        }
-        if let Some(n) = &mut execs.names {
-            n.drain();
+        // before the connector's message). Only execs have records: a batch of forks and exits
+        // (two wake-ups in three) leaves them be, which saves two system calls.
+        if batch.iter().any(|m| matches!(m.event, ConnEvent::Exec { .. })) {
+            if let Some(p) = &mut execs.paths {
+                p.drain();
+            }
+            if let Some(n) = &mut execs.names {
+                n.drain();
+            }
         }
         let mut unhashed = 0u64;
         let counts = tracker.handle_batch(&batch, &mut fs, &mut execs, wall_offset(), &mut |ev, program| {
