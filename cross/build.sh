@@ -22,7 +22,8 @@
 #
 # Environment: CARGO_TARGET_DIR (default ./target), PROFILE (edge), FEATURES (cargo flags; "" for
 # the default features; unset: --no-default-features), SIZE_FLAGS=0 leaves out the size flags below
-# (for measuring), BUILD_STD=0 leaves out -Zbuild-std (below). packaging/build.sh uses
+# (for measuring), BUILD_STD=0 leaves out -Zbuild-std (below), EXTRA_RUSTFLAGS are added to the
+# target's rustflags (for measuring: e.g. -Cllvm-args=-inline-threshold=N). packaging/build.sh uses
 # PROFILE=release and its own FEATURES.
 #
 # -Zbuild-std: std is rebuilt from rust-src (`rustup component add rust-src`, tried here) with the
@@ -153,6 +154,8 @@ for t in "${targets[@]}"; do
       rf="$rf -Zlocation-detail=none"
     fi
   fi
+  rf="$rf ${EXTRA_RUSTFLAGS:-}"
+  rf="${rf% }"
   [ -z "$rf" ] || envs+=("CARGO_TARGET_${u}_RUSTFLAGS=${rf# }")
   [ -z "$sqlite" ] || envs+=("LIBSQLITE3_FLAGS=${sqlite# }")
   echo "cross: building $t (profile $PROFILE, ${FEATURES[*]}${std_env:+, -Zbuild-std})" >&2

@@ -1,34 +1,33 @@
 //! File integrity monitoring: `file.create`, `file.modify`, `file.delete`, `file.rename` and
-//! `file.attrib` for every configured tree, watched recursively through inotify (the notify
-//! crate), with the SHA-256 of regular files, a baseline in SQLite, and scans that find what
+//! `file.attrib` for every configured tree, watched recursively through inotify (read by its own
+//! thread, `file/inotify.rs`), with the SHA-256 of regular files, a baseline in SQLite, and scans that find what
 //! inotify could not see.
 //!
 //! ```text
-//!  notify's thread                    worker thread ("picket-fim")                 pipeline
+//!  "picket-inotify" thread            worker thread ("picket-fim")                 pipeline
 //!  inotify ─> Input ─> Coalescer ─> [work queue, WORK_QUEUE] ─> lstat, hash, baseline ─> EventTx
 //!                          │ full: event now, no hash                  │ scans: start-up,
 //!                          └──────────────────────────────────────────>│ new directory, periodic,
 //!                                                                      │ after overflow
 //! ```
 //!
-//! How notify's events become picket events:
+//! How inotify's events become picket events:
 //!
-//! | notify (inotify)                          | picket                                          |
+//! | inotify                                   | picket                                          |
 //! |-------------------------------------------|-------------------------------------------------|
-//! | `Create(_)` (`IN_CREATE`)                 | `file.create` (a directory is then scanned)     |
-//! | `Modify(Data)` (`IN_MODIFY`)              | marks the path written; no event by itself      |
-//! | `Access(Close(Write))` (`IN_CLOSE_WRITE`) | `file.modify` if the path was written           |
+//! | `IN_CREATE`                               | `file.create` (a directory is then watched and scanned) |
+//! | `IN_MODIFY`                               | marks the path written; no event by itself      |
+//! | `IN_CLOSE_WRITE`                          | `file.modify` if the path was written           |
 //! | written, still open after [`MODIFY_WINDOW`] | `file.modify` (then again per window)         |
-//! | `Remove(_)` (`IN_DELETE`, `IN_DELETE_SELF`) | `file.delete`                                 |
-//! | `Modify(Name(From))` + `Modify(Name(To))`, same cookie | one `file.rename`, `path` old, `target_path` new |
-//! | `Modify(Name(From))` alone (moved out of the watched trees) | `file.delete`                   |
-//! | `Modify(Name(To))` alone (moved in)       | `file.create` (a directory is then scanned)     |
-//! | `Modify(Name(Both))`                      | nothing: its halves were already reported       |
-//! | `Modify(Metadata)` (`IN_ATTRIB`)          | `file.attrib` (dropped if the path is gone: an unlink's link-count change) |
-//! | `Access(Open / Close(Read))`              | nothing                                         |
-//! | overflow (`IN_Q_OVERFLOW`, rescan flag)   | drop counted as `file.os_queue_overflow`, then every tree is rescanned |
+//! | `IN_DELETE`; `IN_DELETE_SELF` of a configured path | `file.delete`                          |
+//! | `IN_MOVED_FROM` + `IN_MOVED_TO`, same cookie | one `file.rename`, `path` old, `target_path` new |
+//! | `IN_MOVED_FROM` alone (moved out of the watched trees); `IN_MOVE_SELF` of a configured path | `file.delete` |
+//! | `IN_MOVED_TO` alone (moved in)            | `file.create` (a directory is then watched and scanned) |
+//! | `IN_ATTRIB`                               | `file.attrib` (dropped if the path is gone: an unlink's link-count change) |
+//! | opens and reads                           | not asked for                                   |
+//! | overflow (`IN_Q_OVERFLOW`)                | drop counted as `file.os_queue_overflow`, then every tree is rescanned |
 //! | a watch over the inotify limit            | drop counted as `file.watch_limit`; that tree is scanned every `scan_interval` and `picket status` says so |
-//! | other notify errors                       | drop counted as `file.os_error`                 |
+//! | other errors reading inotify or adding a watch | drop counted as `file.os_error`            |
 //!
 //! Debouncing: one write sequence (open, many writes, close) is one `file.modify`, opening a file
 //! for writing without writing to it is none, and a modify or attrib queued right behind the same
@@ -48,8 +47,9 @@
 //!
 //! **Baseline and scans** (the table is in `file/worker.rs`, the whole story in docs/fim.md):
 //! the start-up scan reports what changed while picket was not running (`event.module =
-//! "scan"`); the first start builds the baseline silently. A directory that appears is scanned [`NEW_DIR_SETTLE`] later, after
-//! notify added its watch, so files made in it before the watch existed are reported too.
+//! "scan"`); the first start builds the baseline silently. A directory that appears is scanned
+//! [`NEW_DIR_SETTLE`] later, after its watch was added, so files made in it before the watch
+//! existed are reported too.
 //!
 //! Why the queues are bounded: a process on the device decides how many file events happen, and
 //! it may be hostile (`while true; do touch x; done`). The agent must keep its memory cap and keep
@@ -65,24 +65,24 @@
 
 mod baseline;
 mod hash;
+mod inotify;
 mod worker;
 
 use std::collections::BTreeMap;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode};
-use notify::{EventHandler, RecommendedWatcher, RecursiveMode, Watcher};
 use picket_event::EventKind;
 use tokio::time::MissedTickBehavior;
 
 pub use hash::{Hashed, sha256_file};
+pub use inotify::READ_LINGER;
 pub use worker::{NEW_DIR_SETTLE, WORK_QUEUE, check_glob};
 
+use inotify::{Inotify, Notice, ReaderThread, WatchError, WatchErrorKind};
 use worker::{Filter, Work, Worker};
 
 use crate::{CaptureError, EventTx, Shutdown, SourceStatus};
@@ -207,13 +207,9 @@ impl FileSource {
             filter.clone(),
             opts.paths.clone(),
         )));
-        let handler = {
-            let shared = Arc::clone(&shared);
-            move |res: notify::Result<notify::Event>| lock(&shared).on_notify(res, Instant::now())
-        };
         let paths = opts.paths.clone();
         // Adding recursive watches walks the trees: blocking, and slow for big ones.
-        let setup = tokio::task::spawn_blocking(move || watch_paths(handler, &paths));
+        let setup = tokio::task::spawn_blocking(move || watch_paths(&paths));
         let setup = tokio::select! {
             () = shutdown.wait() => {
                 // The walk finishes on its own and drops its watcher; stop sending now.
@@ -223,7 +219,7 @@ impl FileSource {
             r = setup => r,
         };
         let watcher = match setup {
-            Ok(Setup::Watching { watcher, skipped, degraded }) => {
+            Ok(Setup::Watching { inotify, skipped, degraded }) => {
                 let mut st = lock(&state);
                 st.setup = (!skipped.is_empty()).then(|| {
                     format!(
@@ -235,7 +231,17 @@ impl FileSource {
                 });
                 st.degraded.extend(degraded);
                 st.publish();
-                watcher
+                drop(st);
+                match ReaderThread::spawn(inotify, Arc::clone(&shared)) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        lock(&shared).close();
+                        return Err(CaptureError::Failed {
+                            source_name: Self::NAME,
+                            message: format!("starting the inotify thread: {e}"),
+                        });
+                    }
+                }
             }
             Ok(Setup::Unavailable(why)) => {
                 lock(&shared).close();
@@ -322,11 +328,11 @@ impl FileSource {
                 }
             }
         }
-        // Dropping the watcher tells notify's thread to stop (without waiting for it); what is
-        // still pending here is handed to the worker, which reports it (unhashed, it is stopping),
-        // commits the baseline and ends.
+        // The inotify thread is told to stop (and not waited for: a new tree it is walking ends
+        // on its own; it sends nothing after `close`); what is still pending here is handed to
+        // the worker, which reports it (unhashed, it is stopping), commits the baseline and ends.
         stop.store(true, Ordering::Relaxed);
-        drop(watcher);
+        drop(watcher.stop());
         lock(&shared).close();
         let join = tokio::task::spawn_blocking(move || worker.join());
         let _ = tokio::time::timeout(WORKER_STOP_WAIT, join).await;
@@ -389,7 +395,7 @@ impl StatusState {
 enum Setup {
     /// At least one path is watched or scanned.
     Watching {
-        watcher: RecommendedWatcher,
+        inotify: Inotify,
         /// Why each skipped path is skipped.
         skipped: Vec<String>,
         /// Paths over the watch limit: scanned periodically.
@@ -399,12 +405,9 @@ enum Setup {
     Unavailable(String),
 }
 
-fn watch_paths<H: EventHandler>(handler: H, paths: &[PathBuf]) -> Setup {
-    // Never follow symlinks while walking: a link to `/` inside a watched tree would otherwise
-    // spend the whole inotify watch budget.
-    let config = notify::Config::default().with_follow_symlinks(false);
-    let mut watcher = match RecommendedWatcher::new(handler, config) {
-        Ok(w) => w,
+fn watch_paths(paths: &[PathBuf]) -> Setup {
+    let mut inotify = match Inotify::new() {
+        Ok(i) => i,
         Err(e) => {
             return Setup::Unavailable(format!(
                 "cannot start inotify: {e} (check fs.inotify.max_user_instances)"
@@ -414,11 +417,11 @@ fn watch_paths<H: EventHandler>(handler: H, paths: &[PathBuf]) -> Setup {
     let mut skipped = Vec::new();
     let mut degraded = Vec::new();
     for path in paths {
-        if let Err(e) = watcher.watch(path, RecursiveMode::Recursive) {
-            // A recursive watch that failed half-way leaves the watches it did add; drop them, so
-            // a path is either watched whole, or scanned, or reported as skipped.
-            let _ = watcher.unwatch(path);
-            if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+        // Symlinks below the path are never followed: a link to `/` inside a watched tree would
+        // otherwise spend the whole watch budget. A path that fails half-way is unwatched, so
+        // it is either watched whole, or scanned, or reported as skipped.
+        if let Err(e) = inotify.watch(path) {
+            if matches!(e.kind, WatchErrorKind::Limit) {
                 degraded.push(path.clone());
             } else {
                 skipped.push(describe_watch_error(path, &e));
@@ -428,34 +431,30 @@ fn watch_paths<H: EventHandler>(handler: H, paths: &[PathBuf]) -> Setup {
     if skipped.len() == paths.len() {
         Setup::Unavailable(skipped.join("; "))
     } else {
-        Setup::Watching { watcher, skipped, degraded }
+        Setup::Watching { inotify, skipped, degraded }
     }
 }
 
 /// A status line for a path that could not be watched: the path as configured, what went wrong
 /// and what to do about it.
-fn describe_watch_error(path: &Path, err: &notify::Error) -> String {
+fn describe_watch_error(path: &Path, err: &WatchError) -> String {
     let shown = path.display();
-    // notify names the directory that failed; mention it when it is not the configured path.
+    // Name the directory that failed when it is not the configured path.
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let sub = err.paths.iter().find(|p| **p != absolute && p.as_path() != path);
+    let sub = (err.at != absolute && err.at != path).then_some(&err.at);
     let on = sub.map(|p| format!(" on {}", p.display())).unwrap_or_default();
     match &err.kind {
-        notify::ErrorKind::PathNotFound => match sub {
+        WatchErrorKind::NotFound => match sub {
             None => format!("{shown} does not exist (create it or change sources.file.paths)"),
             Some(p) => format!("{shown}: {} disappeared while adding watches", p.display()),
         },
-        notify::ErrorKind::Io(e) if e.kind() == io::ErrorKind::NotFound && sub.is_none() => {
-            format!("{shown} does not exist (create it or change sources.file.paths)")
-        }
-        notify::ErrorKind::Io(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+        WatchErrorKind::Denied => {
             format!("{shown}: permission denied{on} (give picket read access or change sources.file.paths)")
         }
-        notify::ErrorKind::MaxFilesWatch => format!(
+        WatchErrorKind::Limit => format!(
             "{shown}: inotify watch limit reached{on} (raise fs.inotify.max_user_watches or watch a smaller tree)"
         ),
-        notify::ErrorKind::Io(e) => format!("{shown}: {e}{on}"),
-        _ => format!("{shown}: {err}"),
+        WatchErrorKind::Io(e) => format!("{shown}: {e}{on}"),
     }
 }
 
@@ -463,13 +462,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// What notify's thread and the ticker share. The lock is held for one notify event (coalescing
-/// and a non-blocking hand-over) or one tick, so neither side waits long.
+/// What the inotify thread and the ticker share. The lock is held for one batch of inotify
+/// events (coalescing and non-blocking hand-overs) or one tick, so neither side waits long.
 #[derive(Debug)]
 struct Shared {
     coalescer: Coalescer,
-    /// `None` once the source stopped: late notify callbacks then do nothing, and the pipeline's
-    /// sender is released without waiting for notify's thread to exit.
+    /// `None` once the source stopped: late inotify batches then do nothing, and the pipeline's
+    /// sender is released without waiting for the inotify thread to exit.
     out: Option<EventTx>,
     /// To the worker; `None` once stopped.
     work: Option<SyncSender<Work>>,
@@ -502,31 +501,31 @@ impl Shared {
         }
     }
 
-    fn on_notify(&mut self, res: notify::Result<notify::Event>, now: Instant) {
+    fn is_closed(&self) -> bool {
+        self.out.is_none()
+    }
+
+    fn on_notice(&mut self, notice: Notice, now: Instant) {
         let Some(out) = self.out.clone() else { return };
-        match res {
-            Ok(ev) if ev.need_rescan() => {
+        match notice {
+            Notice::Overflow => {
                 // The kernel dropped events and does not say how many: count the occurrence,
                 // and find what was missed by rescanning.
                 out.count_drop("os_queue_overflow", 1);
                 self.rescan_pending = true;
             }
-            Ok(ev) => {
-                if let Some(input) = Input::from_notify(ev) {
-                    let mut changes = Vec::new();
-                    self.coalescer.push(input, now, &mut |c| changes.push(c));
-                    for c in changes {
-                        self.dispatch(&out, c);
-                    }
+            Notice::Input(input) => {
+                let mut changes = Vec::new();
+                self.coalescer.push(input, now, &mut |c| changes.push(c));
+                for c in changes {
+                    self.dispatch(&out, c);
                 }
             }
-            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+            Notice::WatchLimit(at) => {
                 out.count_drop("watch_limit", 1);
                 // The tree holding the directory that could not be watched is scanned from now
-                // on; unknown (notify did not say): all of them.
-                let at = e.paths.first();
-                let roots: Vec<PathBuf> = match at.and_then(|p| self.roots.iter().find(|r| p.starts_with(r)))
-                {
+                // on; all of them should it be under none (it always is).
+                let roots: Vec<PathBuf> = match self.roots.iter().find(|r| at.starts_with(r)) {
                     Some(r) => vec![r.clone()],
                     None => self.roots.clone(),
                 };
@@ -537,7 +536,7 @@ impl Shared {
                     st.publish();
                 }
             }
-            Err(_) => out.count_drop("os_error", 1),
+            Notice::OsError => out.count_drop("os_error", 1),
         }
     }
 
@@ -606,9 +605,9 @@ impl Shared {
     }
 }
 
-/// A notify event reduced to what the coalescer needs.
+/// An inotify event reduced to what the coalescer needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Input {
+pub(crate) enum Input {
     Created { path: PathBuf, dir: bool },
     Written(PathBuf),
     ClosedWrite(PathBuf),
@@ -616,31 +615,6 @@ enum Input {
     Attrib(PathBuf),
     RenameFrom { path: PathBuf, cookie: Option<usize> },
     RenameTo { path: PathBuf, cookie: Option<usize> },
-    RenameBoth { from: PathBuf, to: PathBuf, cookie: Option<usize> },
-}
-
-impl Input {
-    fn from_notify(ev: notify::Event) -> Option<Input> {
-        use notify::EventKind as K;
-        let cookie = ev.tracker();
-        let mut paths = ev.paths.into_iter();
-        let path = paths.next()?;
-        Some(match ev.kind {
-            K::Create(kind) => Input::Created { path, dir: kind == CreateKind::Folder },
-            K::Remove(kind) => Input::Removed { path, dir: kind == RemoveKind::Folder },
-            K::Modify(ModifyKind::Name(RenameMode::From)) => Input::RenameFrom { path, cookie },
-            K::Modify(ModifyKind::Name(RenameMode::To)) => Input::RenameTo { path, cookie },
-            K::Modify(ModifyKind::Name(RenameMode::Both)) => {
-                Input::RenameBoth { from: path, to: paths.next()?, cookie }
-            }
-            // inotify does not produce these; other backends would.
-            K::Modify(ModifyKind::Name(_)) => return None,
-            K::Modify(ModifyKind::Metadata(_)) => Input::Attrib(path),
-            K::Modify(ModifyKind::Data(_) | ModifyKind::Any | ModifyKind::Other) => Input::Written(path),
-            K::Access(AccessKind::Close(AccessMode::Write)) => Input::ClosedWrite(path),
-            K::Access(_) | K::Any | K::Other => return None,
-        })
-    }
 }
 
 /// One picket file event, before its metadata is read.
@@ -674,8 +648,6 @@ struct PendingFrom {
 struct Coalescer {
     /// At most one: inotify queues a rename's halves back to back.
     pending_from: Option<PendingFrom>,
-    /// Cookie of the last `To` half seen, so the `Both` notify sends after it is not reported again.
-    last_to: Option<usize>,
     /// Paths written to and not yet reported, with the time of the first such write.
     written: BTreeMap<PathBuf, Instant>,
 }
@@ -688,7 +660,6 @@ impl Coalescer {
                 self.pending_from = Some(PendingFrom { path, cookie, since: now });
             }
             Input::RenameTo { path, cookie } => {
-                self.last_to = cookie;
                 let paired = self.pending_from.take_if(|p| p.cookie.is_some() && p.cookie == cookie);
                 match paired {
                     Some(from) => self.renamed(from.path, path, emit),
@@ -697,14 +668,6 @@ impl Coalescer {
                         self.flush_from(emit);
                         emit(Change::new(EventKind::FileCreate, path, false));
                     }
-                }
-            }
-            Input::RenameBoth { from, to, cookie } => {
-                // notify sends this after the `To` half, which already reported the rename (or,
-                // unpaired, a delete and a create). Only a `Both` without halves is news.
-                if cookie.is_none() || cookie != self.last_to {
-                    self.flush_from(emit);
-                    self.renamed(from, to, emit);
                 }
             }
             Input::Created { path, dir } => {
@@ -795,7 +758,7 @@ impl Coalescer {
 mod tests {
     use super::*;
     use crate::Drops;
-    use notify::event::{DataChange, Flag, MetadataKind};
+    use std::io;
     use tokio::sync::mpsc;
 
     fn p(s: &str) -> PathBuf {
@@ -818,12 +781,11 @@ mod tests {
     }
 
     #[test]
-    fn paired_halves_are_one_rename_and_both_is_not_reported_again() {
+    fn paired_halves_are_one_rename() {
         let out = run(
             vec![
                 (0, Input::RenameFrom { path: p("/w/a"), cookie: Some(7) }),
                 (0, Input::RenameTo { path: p("/w/b"), cookie: Some(7) }),
-                (0, Input::RenameBoth { from: p("/w/a"), to: p("/w/b"), cookie: Some(7) }),
             ],
             Some(5000),
         );
@@ -854,13 +816,7 @@ mod tests {
 
     #[test]
     fn a_to_half_alone_is_a_create() {
-        let out = run(
-            vec![
-                (0, Input::RenameTo { path: p("/w/b"), cookie: Some(3) }),
-                (0, Input::RenameBoth { from: p("/x/b"), to: p("/w/b"), cookie: Some(3) }),
-            ],
-            Some(5000),
-        );
+        let out = run(vec![(0, Input::RenameTo { path: p("/w/b"), cookie: Some(3) })], Some(5000));
         assert_eq!(out, vec![(EventKind::FileCreate, p("/w/b"), None)]);
     }
 
@@ -926,27 +882,6 @@ mod tests {
     }
 
     #[test]
-    fn notify_events_map_to_inputs() {
-        use notify::EventKind as K;
-        let ev = |kind| notify::Event::new(kind).add_path(p("/w/a"));
-        assert_eq!(
-            Input::from_notify(ev(K::Modify(ModifyKind::Data(DataChange::Any)))),
-            Some(Input::Written(p("/w/a")))
-        );
-        assert_eq!(
-            Input::from_notify(ev(K::Modify(ModifyKind::Metadata(MetadataKind::Any)))),
-            Some(Input::Attrib(p("/w/a")))
-        );
-        assert_eq!(
-            Input::from_notify(ev(K::Create(CreateKind::Folder))),
-            Some(Input::Created { path: p("/w/a"), dir: true })
-        );
-        assert_eq!(Input::from_notify(ev(K::Access(AccessKind::Open(AccessMode::Any)))), None);
-        assert_eq!(Input::from_notify(ev(K::Access(AccessKind::Close(AccessMode::Read)))), None);
-        assert_eq!(Input::from_notify(notify::Event::new(K::Create(CreateKind::File))), None);
-    }
-
-    #[test]
     fn overflow_and_errors_are_counted_as_drops_and_the_watch_limit_degrades_its_tree() {
         let (tx, _rx) = mpsc::channel(4);
         let drops = Drops::default();
@@ -963,16 +898,10 @@ mod tests {
             roots,
         );
         let now = Instant::now();
-        shared.on_notify(Ok(notify::Event::new(notify::EventKind::Other).set_flag(Flag::Rescan)), now);
-        shared.on_notify(
-            Err(notify::Error::new(notify::ErrorKind::MaxFilesWatch).add_path(p("/v/deep/dir"))),
-            now,
-        );
-        shared.on_notify(
-            Err(notify::Error::new(notify::ErrorKind::MaxFilesWatch).add_path(p("/v/other"))),
-            now,
-        );
-        shared.on_notify(Err(notify::Error::generic("boom")), now);
+        shared.on_notice(Notice::Overflow, now);
+        shared.on_notice(Notice::WatchLimit(p("/v/deep/dir")), now);
+        shared.on_notice(Notice::WatchLimit(p("/v/other")), now);
+        shared.on_notice(Notice::OsError, now);
         let d = drops.snapshot();
         assert_eq!(d.get("file.os_queue_overflow"), Some(&1));
         assert_eq!(d.get("file.watch_limit"), Some(&2));
@@ -989,21 +918,27 @@ mod tests {
 
     #[test]
     fn watch_errors_name_the_path_and_what_to_do() {
-        let denied =
-            notify::Error::io(io::Error::from(io::ErrorKind::PermissionDenied)).add_path(p("/x/private"));
+        let err = |kind, at: &str| WatchError { kind, at: p(at) };
+        let denied = err(WatchErrorKind::Denied, "/x/private");
         assert_eq!(
             describe_watch_error(Path::new("/x"), &denied),
             "/x: permission denied on /x/private (give picket read access or change sources.file.paths)"
         );
-        let denied_root =
-            notify::Error::io(io::Error::from(io::ErrorKind::PermissionDenied)).add_path(p("/x"));
+        let denied_root = err(WatchErrorKind::Denied, "/x");
         assert!(describe_watch_error(Path::new("/x"), &denied_root).starts_with("/x: permission denied ("));
-        let missing = notify::Error::path_not_found();
+        let missing = err(WatchErrorKind::NotFound, "./picket-data/watch");
         assert_eq!(
             describe_watch_error(Path::new("./picket-data/watch"), &missing),
             "./picket-data/watch does not exist (create it or change sources.file.paths)"
         );
-        let limit = notify::Error::new(notify::ErrorKind::MaxFilesWatch).add_path(p("/x"));
+        let gone = err(WatchErrorKind::NotFound, "/x/sub");
+        assert_eq!(
+            describe_watch_error(Path::new("/x"), &gone),
+            "/x: /x/sub disappeared while adding watches"
+        );
+        let limit = err(WatchErrorKind::Limit, "/x");
         assert!(describe_watch_error(Path::new("/x"), &limit).contains("raise fs.inotify.max_user_watches"));
+        let other = err(WatchErrorKind::Io(io::Error::from_raw_os_error(5 /* EIO */)), "/x/d");
+        assert!(describe_watch_error(Path::new("/x"), &other).ends_with(" on /x/d"));
     }
 }
