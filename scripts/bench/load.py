@@ -2,7 +2,8 @@
 """load.py - drive the real agent under generated mixed load and report its footprint.
 
     scripts/bench/load.py [--rate 1000] [--secs 60] [--offline-secs 10] [--picket PATH] [--no-process] [--brute]
-                          [--policies DIR] [--json FILE] [--with-fail2ban [--lab-dir DIR] [--lab-runs N]]
+                          [--net [--net-rate 100]] [--policies DIR] [--json FILE]
+                          [--with-fail2ban [--lab-dir DIR] [--lab-runs N]]
 
 What runs (everything in a temp dir, removed at the end; nothing touches the host's firewall):
   * a mosquitto broker on a free loopback port (plain MQTT), started --offline-secs into the run,
@@ -15,7 +16,13 @@ What runs (everything in a temp dir, removed at the end; nothing touches the hos
            --brute: from 250 TEST-NET addresses, so brute-force alerts fire all the time),
       30 % file churn in the watched tree (a file created and written: file.create + file.modify;
            the oldest deleted once 200 exist: file.delete),
-      20 % exec storm (/bin/true: process.start + process.exit).
+      20 % exec storm (/bin/true: process.start + process.exit);
+  * --net: packets too. The network source captures on `lo` (the broker's port filtered out), and
+    the generator adds --net-rate exchanges/s on top, half of each kind, all on loopback: a TCP
+    connection to a local listener, opened and closed (net.flow start + end, 5 s after the FIN),
+    and a DNS lookup of a fresh name over UDP from a fresh port to a responder the generator runs
+    on 127.0.83.53:53 (net.dns query + answer, net.flow start, and its end 60 s idle later). Flows
+    are attributed to the generator's process like any local flow.
 
 Latency (a separate watcher process, so the generator's pacing is not disturbed; monotonic clock):
   * event -> journal: every 20th auth line names a unique user `lat<N>`; its write time (taken just
@@ -207,6 +214,84 @@ def watcher(db, ndjson, poll, stop, out):
     out.put({"journal": jseen, "collector": cseen, "polls": polls, "cpu": u.user + u.system})
 
 
+DNS_ADDR = ("127.0.83.53", 53)
+
+
+def dns_query(qid, name):
+    """A DNS query for the A record of `name`."""
+    q = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    return qid.to_bytes(2, "big") + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + q + b"\x00\x01\x00\x01"
+
+
+def dns_answer(query, addr):
+    """The answer to `query` (one question, as dns_query makes it): one A record, `addr`."""
+    return (query[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + query[12:]
+            + b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + socket.inet_aton(addr))
+
+
+class NetLoad:
+    """--net: loopback traffic for the network source. A TCP listener and a DNS responder on their
+    own threads; `step` opens and closes connections and makes lookups, each from a fresh port."""
+
+    def __init__(self):
+        import threading
+        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.tcp.bind(("127.0.0.1", 0))
+        self.tcp.listen(128)
+        self.tcp_addr = self.tcp.getsockname()
+        self.dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self.dns.bind(DNS_ADDR)
+        except OSError as e:
+            sys.exit(f"load.py: --net: cannot bind the DNS responder to {DNS_ADDR[0]}:{DNS_ADDR[1]}: {e} (needs root)")
+        self.done = False
+        self.due = 0.0
+        self.n = 0
+        for target in (self._accept, self._answer):
+            threading.Thread(target=target, daemon=True).start()
+
+    def _accept(self):
+        while not self.done:
+            try:
+                c, _ = self.tcp.accept()
+                c.close()
+            except OSError:
+                return
+
+    def _answer(self):
+        while not self.done:
+            try:
+                q, peer = self.dns.recvfrom(512)
+                self.dns.sendto(dns_answer(q, f"10.83.{len(q) % 256}.1"), peer)
+            except OSError:
+                return
+
+    def step(self, n, ops):
+        self.due += n
+        k = int(self.due)
+        self.due -= k
+        for _ in range(k):
+            self.n += 1
+            if self.n % 2:
+                with socket.create_connection(self.tcp_addr, timeout=1):
+                    pass
+                ops["tcp connection"] += 1
+            else:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                    u.settimeout(0.2)
+                    u.sendto(dns_query(self.n & 0xFFFF, f"h{self.n}.load.test"), DNS_ADDR)
+                    try:
+                        u.recv(512)
+                    except OSError:
+                        pass
+                ops["dns lookup"] += 1
+
+    def close(self):
+        self.done = True
+        self.tcp.close()
+        self.dns.close()
+
+
 def pct(values):
     """p50/p95/p99/max (nearest rank) in ms of a list of seconds, and the count."""
     if not values:
@@ -242,6 +327,8 @@ def main():
     ap.add_argument("--policies", default=os.path.join(REPO, "policies"),
                     help="policy directory (default: the repo's; an older binary may need the policies of its time)")
     ap.add_argument("--brute", action="store_true", help="auth lines from 250 addresses: constant brute-force alerts")
+    ap.add_argument("--net", action="store_true", help="network source on lo, with loopback TCP and DNS traffic")
+    ap.add_argument("--net-rate", type=int, default=100, help="--net: TCP connections + DNS lookups per second")
     ap.add_argument("--health-secs", type=int, default=5, help="agent.health_interval_secs of the agent under test")
     ap.add_argument("--poll-ms", type=float, default=2.0, help="journal poll interval of the latency watcher")
     ap.add_argument("--no-collector", action="store_true", help="no `picket collect` (no event -> collector figures)")
@@ -292,6 +379,10 @@ paths = ["{watch}"]
 [sources.auth]
 enabled = true
 files = ["{auth}"]
+[sources.network]
+enabled = {"true" if a.net else "false"}
+interface = "lo"
+filter = "not port {port}"
 [uplink]
 enabled = {"false" if a.no_uplink else "true"}
 broker = "mqtt://127.0.0.1:{port}"
@@ -316,6 +407,7 @@ gap_timeout_secs = 2
             sys.exit(f"load.py: picket identity --export failed: {out.stderr.strip()}")
         with open(os.path.join(keys, "load-bench.pub"), "w") as f:
             f.write(out.stdout)
+    net = NetLoad() if a.net else None
     agent = subprocess.Popen([picket, "run", "--config", os.path.join(tmp, "picket.toml")],
                              stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "agent.err"), "w"))
     broker = collector = None
@@ -377,6 +469,8 @@ gap_timeout_secs = 2
                         pending_fifth = (line, ip)
                 ops["burst"] += 1
             nstep += 1
+            if net:
+                net.step(a.net_rate * step, ops)
             due += a.rate * step
             n = int(due)
             due -= n
@@ -465,6 +559,8 @@ gap_timeout_secs = 2
                 collector.wait()
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=15)
+        if net:
+            net.close()
         if broker:
             broker.terminate()
             broker.wait()
@@ -515,6 +611,10 @@ gap_timeout_secs = 2
               f"the load, drained in {drained_in:.1f} s; final backlog {final.get('backlog')}")
     print(f"  detections: {final.get('detections') or 'none'}")
     print(f"  budgets (cap / use at the end): {final_status.get('budgets') or 'not reported'}")
+    if a.net:
+        netst = (final.get("sources") or {}).get("network")
+        report["network_status"] = netst
+        print(f"  network source: {netst}")
 
     # --- latency
     js, cs = seen["journal"], seen["collector"]
