@@ -14,11 +14,13 @@
 //!   events, in order with everything after them, until the answer comes or [`HOLD`] has passed
 //!   (then they go out unattributed, counted `late`). Nothing is dropped for attribution, and the
 //!   packet path only does a channel send.
-//! - The worker takes the waiting requests as one batch, reads the socket tables it needs once per
-//!   batch, and looks the inodes up in an inode → pid cache (at most [`MAX_INODES`]; sockets past
-//!   it are not cached, counted `cache_full`). On a miss it rescans `/proc/*/fd`, but at most once
-//!   per [`RESCAN_EVERY`]: a burst of new connections costs one scan, not one each. The scan
-//!   replaces the whole cache, so closed sockets leave it.
+//! - The worker takes the waiting requests as one batch and asks the kernel for each flow's
+//!   socket over `NETLINK_SOCK_DIAG` ([`SockDiag`]: a hash lookup, microseconds). Where that is
+//!   missing it reads the socket tables (`/proc/net/*`) it needs once per batch, at most every
+//!   [`TABLES_EVERY`]. It looks the inodes up in an inode → pid cache (at most [`MAX_INODES`];
+//!   sockets past it are not cached, counted `cache_full`). On a miss it rescans `/proc/*/fd`, but
+//!   at most once per [`RESCAN_EVERY`]: a burst of new connections costs one scan, not one each.
+//!   The scan replaces the whole cache, so closed sockets leave it.
 //! - What a pid is (executable, name, user) is kept per pid, checked against the process's start
 //!   time, so a server accepting many connections is read once.
 //!
@@ -47,6 +49,7 @@ use picket_event::{Event, EventKind, Process, User};
 
 use crate::decode::proto;
 use crate::procnet::{self, Found, SockEntry};
+use crate::sockdiag::SockDiag;
 
 /// Longest a flow's events wait for their process.
 pub const HOLD: Duration = Duration::from_millis(1000);
@@ -346,6 +349,9 @@ struct Worker {
     last_scan: Option<Instant>,
     procs: HashMap<u32, (u64, Arc<Owner>)>,
     reader: ProcReader,
+    /// The kernel's own lookup, one request per flow side; `None` where `inet_diag` is missing
+    /// (or stopped answering): then the tables are read.
+    diag: Option<SockDiag>,
     tables: [Option<Vec<SockEntry>>; 2],
 }
 
@@ -357,6 +363,7 @@ impl Worker {
             last_scan: None,
             procs: HashMap::new(),
             reader: ProcReader::default(),
+            diag: SockDiag::new().ok(),
             tables: [None, None],
         }
     }
@@ -368,7 +375,8 @@ impl Worker {
         let mut batch = Vec::with_capacity(BATCH);
         let mut last_read: Option<Instant> = None;
         while let Ok(first) = rx.recv() {
-            if let Some(t) = last_read
+            if self.diag.is_none()
+                && let Some(t) = last_read
                 && t.elapsed() < TABLES_EVERY
             {
                 std::thread::sleep(TABLES_EVERY - t.elapsed());
@@ -403,7 +411,7 @@ impl Worker {
                         match self.inodes.get(&inode).copied().and_then(|pid| self.owner(pid)) {
                             Some(o) => Outcome::Owner(o),
                             // Closed while the fds were scanned: gone, not ownerless.
-                            None if reread && !self.still_there(r.proto, inode) => Outcome::Gone,
+                            None if reread && !self.still_there(&r, inode) => Outcome::Gone,
                             None => Outcome::NotFound,
                         }
                     }
@@ -430,12 +438,32 @@ impl Worker {
         })
     }
 
-    /// Whether the socket is still in its table (read after the scan).
-    fn still_there(&mut self, p: u8, inode: u64) -> bool {
-        self.table(p).iter().any(|e| e.inode == inode)
+    /// Whether the flow's socket is still there (asked again after the scan).
+    fn still_there(&mut self, r: &Request, inode: u64) -> bool {
+        match self.socket_of(r) {
+            Found::Socket { inode: i, .. } | Found::Listener { inode: i, .. } => i == inode,
+            Found::Gone => false,
+        }
     }
 
     fn socket_of(&mut self, r: &Request) -> Found {
+        if let Some(d) = &mut self.diag {
+            let mut best = Found::Gone;
+            let mut failed = false;
+            for &(local, remote) in &r.sides {
+                match d.find(r.proto, local, remote) {
+                    Ok(f @ Found::Socket { .. }) => return f,
+                    Ok(f @ Found::Listener { .. }) if best == Found::Gone => best = f,
+                    Ok(_) => {}
+                    Err(_) => failed = true,
+                }
+            }
+            if !failed {
+                return best;
+            }
+            // It stopped answering: the tables from now on.
+            self.diag = None;
+        }
         let table = self.table(r.proto);
         let mut best = Found::Gone;
         for &(local, remote) in &r.sides {

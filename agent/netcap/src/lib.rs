@@ -45,6 +45,8 @@ pub mod libpcap;
 pub mod live;
 pub mod pcapfile;
 pub mod procnet;
+#[cfg(feature = "pcap")]
+pub mod sockdiag;
 
 use decode::{Decoded, Packet, proto, tcp_flag};
 use flow::{FlowConfig, FlowRecord, FlowTable};
