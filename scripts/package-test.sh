@@ -123,6 +123,19 @@ out="$(systemd-analyze verify --man=no "$units/picket.service" "$units/picket-co
 [ -z "$out" ] || fail "systemd-analyze verify printed:
 $out"
 ok "systemd-analyze verify: silent on both units"
+# The example drop-ins, each applied to the agent's unit (a drop-in beside a unit is read with it).
+for d in enforce network; do
+  ex="$root/usr/share/doc/picket/examples/$d.conf"
+  [ -f "$ex" ] || fail "the example drop-in $d.conf is not in the package"
+  mkdir -p "$units/picket.service.d"
+  rm -f "$units/picket.service.d/"*.conf
+  cp "$ex" "$units/picket.service.d/$d.conf"
+  out="$(systemd-analyze verify --man=no "$units/picket.service" 2>&1)" || fail "systemd-analyze verify with $d.conf: $out"
+  [ -z "$out" ] || fail "systemd-analyze verify with $d.conf printed:
+$out"
+done
+rm -rf "$units/picket.service.d"
+ok "systemd-analyze verify: silent with each example drop-in (enforce.conf, network.conf)"
 
 # --- lintian ---------------------------------------------------------------------------------
 # Suppressed tags, each with its reason: packaging/lintian-suppress.
