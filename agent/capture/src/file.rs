@@ -212,13 +212,13 @@ impl FileSource {
         let setup = tokio::task::spawn_blocking(move || watch_paths(&paths));
         let setup = tokio::select! {
             () = shutdown.wait() => {
-                // The walk finishes on its own and drops its watcher; stop sending now.
+                // The walk finishes on its own and closes its descriptor; stop sending now.
                 lock(&shared).close();
                 return Ok(());
             }
             r = setup => r,
         };
-        let watcher = match setup {
+        let reader = match setup {
             Ok(Setup::Watching { inotify, skipped, degraded }) => {
                 let mut st = lock(&state);
                 st.setup = (!skipped.is_empty()).then(|| {
@@ -332,7 +332,7 @@ impl FileSource {
         // on its own; it sends nothing after `close`); what is still pending here is handed to
         // the worker, which reports it (unhashed, it is stopping), commits the baseline and ends.
         stop.store(true, Ordering::Relaxed);
-        drop(watcher.stop());
+        drop(reader.stop());
         lock(&shared).close();
         let join = tokio::task::spawn_blocking(move || worker.join());
         let _ = tokio::time::timeout(WORKER_STOP_WAIT, join).await;

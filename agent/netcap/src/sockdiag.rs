@@ -147,7 +147,7 @@ impl SockDiag {
                 let code = i32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
                 return match code {
                     0 => Ok(None),
-                    c if c == -libc_enoent() => Ok(None),
+                    c if c == -rustix::io::Errno::NOENT.raw_os_error() => Ok(None),
                     c => Err(io::Error::from_raw_os_error(-c)),
                 };
             }
@@ -166,10 +166,6 @@ impl SockDiag {
             }));
         }
     }
-}
-
-fn libc_enoent() -> i32 {
-    rustix::io::Errno::NOENT.raw_os_error()
 }
 
 fn unmapped(a: SocketAddr) -> SocketAddr {

@@ -453,22 +453,16 @@ mod tests {
         std::fs::rename(root.join("a"), tmp.path().join("out")).unwrap();
         let mut notices = Vec::new();
         ino.read(&mut notices);
-        assert_eq!(
-            notices,
-            vec![input(Input::RenameFrom { path: root.join("a"), cookie: notices_cookie(&notices) })]
+        let from = root.join("a");
+        assert!(
+            matches!(notices.as_slice(), [Notice::Input(Input::RenameFrom { path, cookie: Some(_) })] if *path == from),
+            "{notices:?}"
         );
         assert_eq!(ino.watches.len(), 1, "only the root is left");
         notices.clear();
         std::fs::write(tmp.path().join("out/b/f"), b"x").unwrap();
         ino.read(&mut notices);
         assert!(notices.is_empty(), "{notices:?}");
-    }
-
-    fn notices_cookie(notices: &[Notice]) -> Option<usize> {
-        match notices.first() {
-            Some(Notice::Input(Input::RenameFrom { cookie, .. })) => *cookie,
-            _ => None,
-        }
     }
 
     #[test]
